@@ -1,0 +1,1 @@
+"""Data-plane adapters: the policy engine decides, adapters only translate and enforce."""
