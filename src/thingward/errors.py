@@ -1,14 +1,14 @@
 """The exception tree of thingward; every door (CLI, REST API) maps these to its own error form.
 
-    ThingwardError
-     ├── InvalidInputError        bad names, bad JSON, bad CSR: the caller must change the input
-     │    ├── PolicyDocumentError  a policy document that does not parse or validate
-     │    └── CsrError             a CSR that is malformed, badly signed, or carries a weak key
-     ├── NotFoundError            the named thing, group, policy or certificate does not exist
-     ├── ConflictError            it exists already, or the change would break a rule (cycle, depth)
-     ├── EnrollmentRefusedError   a token that is unknown, used, expired or for another thing
-     ├── ConfigError              a config file or data dir that cannot be used
-     └── PkiError                 the CA cannot be loaded or used (wrong passphrase, missing files)
+ThingwardError
+ ├── InvalidInputError        bad names, bad JSON, bad CSR: the caller must change the input
+ │    ├── PolicyDocumentError  a policy document that does not parse or validate
+ │    └── CsrError             a CSR that is malformed, badly signed, or carries a weak key
+ ├── NotFoundError            the named thing, group, policy or certificate does not exist
+ ├── ConflictError            it exists already, or the change would break a rule (cycle, depth)
+ ├── EnrollmentRefusedError   a token that is unknown, used, expired or for another thing
+ ├── ConfigError              a config file or data dir that cannot be used
+ └── PkiError                 the CA cannot be loaded or used (wrong passphrase, missing files)
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ class ConflictError(ThingwardError):
 
 
 class EnrollmentRefusedError(ThingwardError):
-    """An enrollment token that cannot be used. One message for every reason, to tell a prober nothing."""
+    """An enrollment token that cannot be used. One message for every reason, to tell a prober nothing;
+    `reason` is for the audit log only."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(ThingwardError):

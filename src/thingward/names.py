@@ -8,7 +8,7 @@ from thingward.errors import InvalidInputError
 
 _NAME = re.compile(r"[a-z0-9_-]{1,64}")
 
-__all__ = ["validate_name"]
+__all__ = ["thing_name_of_token", "validate_name"]
 
 
 def validate_name(value: str, kind: str = "thing") -> str:
@@ -18,3 +18,13 @@ def validate_name(value: str, kind: str = "thing") -> str:
             f"invalid {kind} name {value!r}: use 1 to 64 lowercase letters, digits, '-' or '_'"
         )
     return value
+
+
+def thing_name_of_token(token: str) -> str:
+    """The thing an enrollment token is for (the part before the dot); the device uses it as its CN."""
+    name, sep, _secret = token.partition(".")
+    if not sep:
+        raise InvalidInputError(
+            "not an enrollment token: expected 'NAME.SECRET' as printed by 'thingward device add'"
+        )
+    return validate_name(name, "thing")

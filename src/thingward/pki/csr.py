@@ -13,7 +13,14 @@ ALLOWED_CURVES: frozenset[str] = frozenset({"secp256r1", "secp384r1", "secp521r1
 MIN_RSA_BITS = 2048
 MAX_CSR_BYTES = 16 * 1024
 
-__all__ = ["ALLOWED_CURVES", "MAX_CSR_BYTES", "MIN_RSA_BITS", "check_public_key", "parse_device_csr"]
+__all__ = [
+    "ALLOWED_CURVES",
+    "MAX_CSR_BYTES",
+    "MIN_RSA_BITS",
+    "check_public_key",
+    "csr_common_name",
+    "parse_device_csr",
+]
 
 
 def check_public_key(key: object) -> None:
@@ -37,13 +44,22 @@ def check_public_key(key: object) -> None:
     raise CsrError(f"unsupported key type {type(key).__name__}: use an EC P-256 key")
 
 
-def parse_device_csr(pem: bytes | str, expected_name: str) -> x509.CertificateSigningRequest:
-    """Parse a PEM CSR and check it is fit to become the certificate of thing `expected_name`."""
+def csr_common_name(csr: x509.CertificateSigningRequest) -> str:
+    common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(common_names) != 1 or not isinstance(common_names[0].value, str):
+        raise CsrError("CSR subject must have exactly one common name: the thing name (CN=NAME)")
+    return common_names[0].value
+
+
+def parse_device_csr(pem: bytes | str, expected_name: str | None = None) -> x509.CertificateSigningRequest:
+    """Parse a PEM CSR and check it is fit to become a device certificate (of `expected_name` if given)."""
     data = pem.encode() if isinstance(pem, str) else pem
     if len(data) > MAX_CSR_BYTES:
         raise CsrError(f"CSR is {len(data)} bytes, more than the {MAX_CSR_BYTES} allowed")
     if b"-----BEGIN CERTIFICATE REQUEST-----" not in data:
-        raise CsrError("not a PEM certificate signing request: expected '-----BEGIN CERTIFICATE REQUEST-----'")
+        raise CsrError(
+            "not a PEM certificate signing request: expected '-----BEGIN CERTIFICATE REQUEST-----'"
+        )
     try:
         csr = x509.load_pem_x509_csr(data)
     except ValueError as e:
@@ -56,10 +72,7 @@ def parse_device_csr(pem: bytes | str, expected_name: str) -> x509.CertificateSi
     if not signature_ok:
         raise CsrError("CSR signature does not verify: sign the CSR with the key it carries")
     check_public_key(key)
-    common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(common_names) != 1:
-        raise CsrError(f"CSR subject must have exactly one common name (CN={expected_name})")
-    cn = common_names[0].value
-    if cn != expected_name:
+    cn = csr_common_name(csr)
+    if expected_name is not None and cn != expected_name:
         raise CsrError(f"CSR subject CN {cn!r} does not name this token's thing: use CN={expected_name}")
     return csr

@@ -1,0 +1,142 @@
+"""The REST API: device enrollment, health and metrics. Every handler calls the platform core."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from thingward import __version__
+from thingward.app.metrics import Metrics
+from thingward.app.throttle import FailureThrottle
+from thingward.errors import (
+    ConflictError,
+    EnrollmentRefusedError,
+    InvalidInputError,
+    NotFoundError,
+    ThingwardError,
+)
+from thingward.pki.ca import certificate_pem
+from thingward.pki.csr import MAX_CSR_BYTES
+from thingward.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class EnrollRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256, description="the one-time enrollment token")
+    csr: str = Field(min_length=1, max_length=MAX_CSR_BYTES, description="PEM certificate signing request")
+
+
+class EnrollResponse(BaseModel):
+    name: str
+    certificate: str = Field(description="PEM device certificate")
+    ca_certificate: str = Field(description="PEM certificate of the platform CA")
+    not_after: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class BodySizeLimit(BaseHTTPMiddleware):
+    """Refuse bodies over the limit before reading them (Content-Length), fail closed on chunked bodies."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.method in {"POST", "PUT", "PATCH"}:
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"error": "a Content-Length header is required"}, status_code=411)
+            if int(length) > MAX_BODY_BYTES:
+                return JSONResponse(
+                    {"error": f"request body of {length} bytes is over the {MAX_BODY_BYTES} byte limit"},
+                    status_code=413,
+                )
+        return await call_next(request)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def create_app(platform: Platform, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
+    throttle = FailureThrottle()
+    app = FastAPI(
+        title="thingward",
+        version=__version__,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.add_middleware(BodySizeLimit)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(ThingwardError)
+    async def _domain(_request: Request, exc: ThingwardError) -> JSONResponse:
+        status = 500
+        if isinstance(exc, InvalidInputError):
+            status = 400
+        elif isinstance(exc, EnrollmentRefusedError):
+            status = 403
+        elif isinstance(exc, NotFoundError):
+            status = 404
+        elif isinstance(exc, ConflictError):
+            status = 409
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "malformed request or CSR"},
+        403: {"model": ErrorResponse, "description": "token unknown, used, expired, or not for this device"},
+        429: {"model": ErrorResponse, "description": "too many failed attempts from this address"},
+    }
+
+    @app.post("/api/v1/enroll", status_code=201, response_model=EnrollResponse, responses=responses)
+    def enroll(body: EnrollRequest, request: Request) -> Any:
+        """Exchange a one-time token and a CSR for a device certificate. The private key never travels."""
+        client = _client(request)
+        if throttle.blocked(client):
+            metrics.enrollments.labels("throttled").inc()
+            return JSONResponse(
+                {"error": "too many failed enrollment attempts from this address: wait and try again"},
+                status_code=429,
+            )
+        try:
+            result = platform.enroll(body.token, body.csr, source=f"ip:{client}")
+        except (EnrollmentRefusedError, InvalidInputError) as e:
+            throttle.record_failure(client)
+            metrics.enrollments.labels(
+                "refused" if isinstance(e, EnrollmentRefusedError) else "bad_csr"
+            ).inc()
+            logger.info("enrollment from %s refused: %s", client, getattr(e, "reason", "") or e)
+            raise
+        metrics.enrollments.labels("issued").inc()
+        logger.info("enrolled thing %s from %s", result.thing, client)
+        return EnrollResponse(
+            name=result.thing,
+            certificate=certificate_pem(result.certificate).decode(),
+            ca_certificate=certificate_pem(platform.ca.certificate).decode(),
+            not_after=result.certificate.not_valid_after_utc.isoformat(),
+        )
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,1 @@
+"""The `thingward` command line: thin typer commands, one module per noun."""

@@ -1,0 +1,214 @@
+"""`thingward demo` and `thingward simulate`: the journey shown live with rich."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from thingward.cli.common import console
+from thingward.config import CONFIG_FILE
+from thingward.device.simulator import SimulatedCamera, provision_cameras
+from thingward.ingest.store import count_messages
+from thingward.platform import Platform, init_data_dir
+from thingward.registry import things
+
+DEMO_CAMERAS = ["front-door-cam", "backyard-cam"]
+
+
+class EventLog:
+    """The last lines of what happened, shared between device threads and the display."""
+
+    def __init__(self, size: int = 12) -> None:
+        self._lines: list[str] = []
+        self._size = size
+        self._lock = threading.Lock()
+        self.refusals: list[dict[str, str]] = []
+
+    def add(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(f"{time.strftime('%H:%M:%S')} {line}")
+            del self._lines[: -self._size]
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+
+def _render(cameras: list[SimulatedCamera], stored: dict[str, int], log: EventLog, header: str) -> Group:
+    table = Table("camera", "connected", "telemetry sent", "motion events", "stored by cloud", "last event")
+    for cam in cameras:
+        table.add_row(
+            cam.name,
+            "[green]yes[/]" if cam.device.connected else "[red]no[/]",
+            str(cam.stats.telemetry),
+            str(cam.stats.events),
+            str(stored.get(cam.name, 0)),
+            cam.stats.last_event or "-",
+        )
+    return Group(
+        Panel(header, title="thingward demo"), table, Panel("\n".join(log.lines()) or "-", title="what flows")
+    )
+
+
+def _stored_counts(platform: Platform, names: list[str]) -> dict[str, int]:
+    with platform.db.read() as session:
+        return {n: count_messages(session, things.get_thing(session, n)) for n in names}
+
+
+def attempt_cross_device_read(
+    attacker: SimulatedCamera, victim: str, log: EventLog, timeout: float = 5.0
+) -> str:
+    """The attacker camera asks for the victim's topics; the broker must refuse (SUBACK 0x80)."""
+    client = attacker.device.mqtt_client
+    done = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def on_subscribe(_c: Any, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
+        outcome["result"] = "refused" if all(rc.is_failure for rc in reason_codes) else "GRANTED"
+        done.set()
+
+    previous = client.on_subscribe
+    client.on_subscribe = on_subscribe
+    topic_filter = f"things/{victim}/#"
+    try:
+        client.subscribe(topic_filter, qos=0)
+        done.wait(timeout)
+    finally:
+        client.on_subscribe = previous
+    result = outcome.get("result", "no answer")
+    log.add(
+        f"[bold]{attacker.name}[/] subscribes to [bold]{topic_filter}[/] -> "
+        + ("[red]REFUSED by policy (SUBACK 0x80)[/]" if result == "refused" else f"[yellow]{result}[/]")
+    )
+    log.refusals.append(
+        {"thing": attacker.name, "action": "subscribe", "topic": topic_filter, "result": result}
+    )
+    return result
+
+
+def _run_cameras(
+    platform: Platform,
+    api: str,
+    mqtt_url: str,
+    names: list[str],
+    duration: float,
+    live: bool,
+    header: str,
+    log: EventLog,
+    stop: threading.Event,
+    with_attack: bool,
+) -> dict[str, Any]:
+    parsed = urlsplit(mqtt_url)
+    dirs = provision_cameras(platform, api, names)
+    for name in names:
+        log.add(f"{name}: key made on the device, CSR sent, certificate issued")
+    cameras = [
+        SimulatedCamera(n, dirs[n], parsed.hostname or "127.0.0.1", parsed.port or 8883, period=1.0)
+        for n in names
+    ]
+    try:
+        for cam in cameras:
+            cam.start()
+            log.add(f"{cam.name}: connected over mutual TLS as itself")
+        if with_attack and len(cameras) > 1:
+            attempt_cross_device_read(cameras[0], cameras[1].name, log)
+        deadline = time.monotonic() + duration if duration > 0 else None
+        with (
+            Live(_render(cameras, {}, log, header), console=console, refresh_per_second=4, transient=False)
+            if live
+            else contextlib.nullcontext() as display
+        ):
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                stop.wait(0.5)
+                if display is not None:
+                    display.update(_render(cameras, _stored_counts(platform, names), log, header))
+    finally:
+        for cam in cameras:
+            cam.stop()
+    time.sleep(0.5)  # let the last QoS 1 messages reach storage before counting
+    stored = _stored_counts(platform, names)
+    return {
+        "cameras": {
+            c.name: {
+                "telemetry_sent": c.stats.telemetry,
+                "events_sent": c.stats.events,
+                "stored": stored[c.name],
+            }
+            for c in cameras
+        },
+        "refused": log.refusals,
+    }
+
+
+def run_simulation(
+    platform: Platform, api: str, mqtt_url: str, count: int, duration: float, prefix: str, live: bool
+) -> dict[str, Any]:
+    names = [f"{prefix}-{i + 1}" for i in range(count)]
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        return _run_cameras(
+            platform,
+            api,
+            mqtt_url,
+            names,
+            duration,
+            live,
+            f"{count} simulated cameras -> {mqtt_url}",
+            EventLog(),
+            stop,
+            with_attack=False,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any]:
+    from thingward.server import ThingwardServer
+
+    if not (data_dir / CONFIG_FILE).exists():
+        init_data_dir(data_dir)
+    platform = Platform.open(data_dir)
+    server = ThingwardServer(platform, "127.0.0.1", 0, 0)
+    endpoints = await server.start()
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    header = (
+        f"MQTT (mutual TLS only): {endpoints.mqtt}\nHTTPS API: {endpoints.api}\n"
+        f"Platform CA: {endpoints.ca_certificate}\nData dir: {platform.settings.data_dir}\n"
+        + ("Ctrl-C stops everything." if duration <= 0 else f"Stops after {duration:.0f} s.")
+    )
+    log = EventLog()
+    try:
+        result = await asyncio.to_thread(
+            _run_cameras,
+            platform,
+            endpoints.api,
+            endpoints.mqtt,
+            DEMO_CAMERAS,
+            duration,
+            live,
+            header,
+            log,
+            stop,
+            True,
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+        platform.close()
+    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result}

@@ -1,0 +1,239 @@
+"""`thingward device ...`: add, enroll, list, show, revoke, disable and read messages of devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
+from thingward.device.enroll import enroll as enroll_device
+from thingward.errors import InvalidInputError
+from thingward.ingest.store import recent_messages
+from thingward.platform import cli_actor
+from thingward.registry import certificates, things
+
+app = typer.Typer(help="Devices (things): add, enroll, revoke, inspect.", no_args_is_help=True)
+
+
+def _parse_attributes(pairs: list[str]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError(f"attribute {pair!r} is not KEY=VALUE")
+        result[key] = value
+    return result
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: str,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="Thing group (repeatable) [default: default].")
+    ] = None,
+    attribute: Annotated[
+        list[str] | None, typer.Option("--attr", help="Attribute KEY=VALUE (repeatable).")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a device and print its one-time enrollment token (shown once, stored only as a hash)."""
+    platform = open_platform(data_dir)
+    actor = cli_actor()
+    ttl = dt.timedelta(seconds=platform.settings.pki.enrollment_token_ttl_seconds)
+    with platform.db.session() as session:
+        things.add_thing(session, actor, name, group or [], _parse_attributes(attribute or []))
+        issued = things.create_enrollment_token(session, actor, name, ttl)
+    emit(
+        as_json,
+        {"name": issued.thing, "enrollment_token": issued.token, "expires_at": issued.expires_at.isoformat()},
+    )
+
+
+@app.command("token")
+@handle_errors
+def token(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Issue a new one-time enrollment token for an existing device (to re-enroll or rotate its key)."""
+    platform = open_platform(data_dir)
+    ttl = dt.timedelta(seconds=platform.settings.pki.enrollment_token_ttl_seconds)
+    with platform.db.session() as session:
+        issued = things.create_enrollment_token(session, cli_actor(), name, ttl)
+    emit(
+        as_json,
+        {"name": issued.thing, "enrollment_token": issued.token, "expires_at": issued.expires_at.isoformat()},
+    )
+
+
+@app.command("enroll")
+@handle_errors
+def enroll(
+    api: Annotated[str, typer.Option("--api", help="URL of the thingward API, e.g. https://127.0.0.1:8443")],
+    token_value: Annotated[str, typer.Option("--token", help="The one-time enrollment token.")],
+    ca_certificate: Annotated[
+        Path, typer.Option("--ca-certificate", help="The platform CA certificate (PEM).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Directory for device.key, device.crt and ca.crt.")],
+    pkcs11_uri: Annotated[
+        str | None, typer.Option("--pkcs11-uri", help="Keep the key in a PKCS#11 token.")
+    ] = None,
+    pkcs11_pin_env: Annotated[
+        str, typer.Option("--pkcs11-pin-env", help="Env var holding the token PIN.")
+    ] = "THINGWARD_PKCS11_PIN",
+    as_json: JsonFlag = False,
+) -> None:
+    """Device side: make a key, send a CSR over verified HTTPS, and store the issued certificate."""
+    key_store = None
+    if pkcs11_uri:
+        from thingward.pki.pkcs11_store import Pkcs11KeyStore
+
+        pin = os.environ.get(pkcs11_pin_env, "")
+        if not pin:
+            raise InvalidInputError(f"set ${pkcs11_pin_env} to the PKCS#11 token PIN")
+        key_store = Pkcs11KeyStore.from_uri(pkcs11_uri, pin)
+    identity = enroll_device(api, token_value, ca_certificate, out, key_store=key_store)
+    emit(
+        as_json,
+        {
+            "name": identity.name,
+            "certificate": str(identity.certificate),
+            "key": str(identity.key) if identity.key else pkcs11_uri,
+        },
+    )
+
+
+@app.command("revoke")
+@handle_errors
+def revoke(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "unspecified",
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke every certificate of a device; a running server drops its live sessions within a second."""
+    platform = open_platform(data_dir)
+    serials = platform.revoke(cli_actor(), name, reason)
+    emit(as_json, {"name": name, "revoked_serials": serials, "crl": str(platform.crl_path)})
+
+
+@app.command("disable")
+@handle_errors
+def disable(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Disable a device: revoke its certificates, void its tokens, deny it everything."""
+    platform = open_platform(data_dir)
+    serials = platform.set_disabled(cli_actor(), name, True)
+    emit(as_json, {"name": name, "disabled": True, "revoked_serials": serials})
+
+
+@app.command("enable")
+@handle_errors
+def enable(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Enable a disabled device again (it needs a new token and enrollment to get a certificate)."""
+    platform = open_platform(data_dir)
+    platform.set_disabled(cli_actor(), name, False)
+    emit(as_json, {"name": name, "disabled": False})
+
+
+@app.command("list")
+@handle_errors
+def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List devices with their groups, status and last message time."""
+    platform = open_platform(data_dir)
+    with platform.db.read() as session:
+        rows = [
+            {
+                "name": t.name,
+                "groups": sorted(g.name for g in t.groups),
+                "disabled": t.disabled,
+                "last_seen_at": t.last_seen_at.isoformat() if t.last_seen_at else None,
+                "attributes": {a.key: a.value for a in t.attributes},
+            }
+            for t in things.list_things(session)
+        ]
+
+    def human() -> None:
+        table = Table("name", "groups", "status", "last seen")
+        for r in rows:
+            table.add_row(
+                r["name"],
+                ", ".join(r["groups"]),
+                "disabled" if r["disabled"] else "enabled",
+                r["last_seen_at"] or "-",
+            )
+        console.print(table)
+
+    emit(as_json, {"things": rows}, human)
+
+
+@app.command("show")
+@handle_errors
+def show(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show one device: groups, attributes and certificates."""
+    platform = open_platform(data_dir)
+    with platform.db.read() as session:
+        thing = things.get_thing(session, name)
+        data = {
+            "name": thing.name,
+            "disabled": thing.disabled,
+            "groups": sorted(g.name for g in thing.groups),
+            "attributes": {a.key: a.value for a in thing.attributes},
+            "last_seen_at": thing.last_seen_at.isoformat() if thing.last_seen_at else None,
+            "certificates": [
+                {
+                    "serial": c.serial,
+                    "fingerprint_sha256": c.fingerprint_sha256,
+                    "status": c.status,
+                    "not_after": c.not_after.isoformat(),
+                    "key_type": c.key_type,
+                }
+                for c in certificates.list_certificates(session, thing)
+            ],
+        }
+    emit(as_json, data)
+
+
+@app.command("set-attr")
+@handle_errors
+def set_attr(name: str, key: str, value: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Set an attribute of a device (usable in policies as ${thing.attr.KEY})."""
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        things.set_attribute(session, cli_actor(), name, key, value)
+    emit(as_json, {"name": name, "attribute": key, "value": value})
+
+
+@app.command("messages")
+@handle_errors
+def messages(
+    name: str,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="How many, newest first.")] = 20,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the newest stored telemetry and events of a device."""
+    platform = open_platform(data_dir)
+    with platform.db.read() as session:
+        thing = things.get_thing(session, name)
+        rows = [
+            {
+                "received_at": m.received_at.isoformat(),
+                "topic": m.topic,
+                "kind": m.kind,
+                "event_type": m.event_type,
+                "payload": m.payload.decode("utf-8", errors="replace"),
+            }
+            for m in recent_messages(session, thing, limit)
+        ]
+
+    def human() -> None:
+        table = Table("received", "topic", "payload")
+        for r in rows:
+            table.add_row(r["received_at"], r["topic"], r["payload"][:80])
+        console.print(table)
+
+    emit(as_json, {"name": name, "messages": rows}, human)

@@ -1,0 +1,1 @@
+"""Telemetry and events in: classify accepted messages, store them with bounded retention."""

@@ -1,0 +1,99 @@
+"""Which messages are stored, and how: `things/NAME/telemetry` and `things/NAME/events/TYPE`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from thingward.broker.base import InboundMessage
+from thingward.registry.models import Message, Thing
+
+_STORED_TOPIC = re.compile(
+    r"things/(?P<thing>[a-z0-9_-]{1,64})/(?:(?P<telemetry>telemetry)|events/(?P<event>[A-Za-z0-9_.-]{1,64}))"
+)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    thing: str
+    topic: str
+    kind: str
+    event_type: str | None
+    payload: bytes
+    received_at: dt.datetime
+
+
+def classify(message: InboundMessage) -> StoredMessage | None:
+    """The stored form of an accepted message, or None when its topic is not one we keep.
+
+    The broker has already checked the publish against the policy; the topic must also name the
+    sender, so a policy that lets one thing publish under another's prefix cannot forge its history.
+    """
+    match = _STORED_TOPIC.fullmatch(message.topic)
+    if match is None or match["thing"] != message.thing:
+        return None
+    kind = "telemetry" if match["telemetry"] else "event"
+    return StoredMessage(
+        thing=message.thing,
+        topic=message.topic,
+        kind=kind,
+        event_type=match["event"],
+        payload=message.payload,
+        received_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def store_messages(session: Session, messages: Sequence[StoredMessage], retention_per_thing: int) -> int:
+    """Insert a batch and trim each thing touched to its newest `retention_per_thing` messages."""
+    if not messages:
+        return 0
+    names = sorted({m.thing for m in messages})
+    ids = dict(session.execute(select(Thing.name, Thing.id).where(Thing.name.in_(names))).tuples().all())
+    rows = [
+        Message(
+            thing_id=ids[m.thing],
+            topic=m.topic,
+            kind=m.kind,
+            event_type=m.event_type,
+            payload=m.payload,
+            received_at=m.received_at,
+        )
+        for m in messages
+        if m.thing in ids
+    ]
+    session.add_all(rows)
+    session.flush()
+    for thing_id in {r.thing_id for r in rows}:
+        cutoff = session.execute(
+            select(Message.id)
+            .where(Message.thing_id == thing_id)
+            .order_by(Message.id.desc())
+            .offset(retention_per_thing)
+            .limit(1)
+        ).scalar()
+        if cutoff is not None:
+            session.execute(delete(Message).where(Message.thing_id == thing_id, Message.id <= cutoff))
+    last_seen = max(m.received_at for m in messages)
+    for name in names:
+        if name in ids:
+            session.get(Thing, ids[name]).last_seen_at = last_seen  # type: ignore[union-attr]
+    return len(rows)
+
+
+def recent_messages(session: Session, thing: Thing, limit: int = 20) -> Sequence[Message]:
+    return (
+        session.execute(
+            select(Message).where(Message.thing_id == thing.id).order_by(Message.id.desc()).limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def count_messages(session: Session, thing: Thing) -> int:
+    return session.execute(select(func.count(Message.id)).where(Message.thing_id == thing.id)).scalar_one()

@@ -1,0 +1,164 @@
+"""The core every door calls: a data dir's settings, database and CA, and the operations across them.
+
+The CLI, the REST API and the server hold a `Platform`; none of them holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from thingward.config import CONFIG_FILE, Settings, load_settings, render_default_config, resolve_data_dir
+from thingward.errors import ConfigError, EnrollmentRefusedError, PkiError
+from thingward.pki import ca as ca_mod
+from thingward.pki.files import write_atomic, write_secret
+from thingward.policy.document import DEFAULT_POLICY
+from thingward.registry import certificates, policies, things
+from thingward.registry.audit_log import Actor, record_event
+from thingward.registry.db import Database, upgrade_database
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY_NAME = "default-device"
+
+
+def cli_actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return Actor(name=f"cli:{user}", source=f"host:{socket.gethostname()}")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    ca_certificate: Path
+    config_file: Path
+    database_url: str
+
+
+def _ca_passphrase(env_name: str) -> bytes | None:
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise PkiError(f"the CA key passphrase is read from ${env_name}, which is not set or empty")
+    return value.encode()
+
+
+def init_data_dir(
+    data_dir: str | Path | None, hostnames: tuple[str, ...] = (), ca_passphrase_env: str = ""
+) -> InitResult:
+    """Create a data dir: CA, server certificate, database, config, the default group and policy."""
+    root = resolve_data_dir(data_dir)
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} exists and is not empty; refusing to overwrite a data dir")
+    passphrase = _ca_passphrase(ca_passphrase_env)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    write_atomic(root / CONFIG_FILE, render_default_config(hostnames, ca_passphrase_env).encode())
+    settings = load_settings(root)
+    pki_dir = settings.pki_dir
+    authority = ca_mod.create_ca(pki_dir, f"thingward root CA {socket.gethostname()}", passphrase)
+    key, cert = ca_mod.issue_server_certificate(authority, hostnames)
+    write_secret(pki_dir / ca_mod.SERVER_KEY_FILE, ca_mod.private_key_pem(key))
+    write_atomic(pki_dir / ca_mod.SERVER_CERT_FILE, ca_mod.certificate_pem(cert))
+    write_atomic(pki_dir / ca_mod.CRL_FILE, ca_mod.crl_pem(ca_mod.build_crl(authority, [])))
+    db = Database(settings.database_url)
+    try:
+        upgrade_database(db.engine)
+        actor = cli_actor()
+        with db.session() as session:
+            record_event(session, actor, "platform.init", f"data_dir:{root}", {"hostnames": list(hostnames)})
+            things.add_group(
+                session, actor, things.DEFAULT_GROUP, description="every device unless told otherwise"
+            )
+            policies.add_policy(session, actor, DEFAULT_POLICY_NAME, DEFAULT_POLICY.to_json())
+            policies.attach_policy(session, actor, DEFAULT_POLICY_NAME, group=things.DEFAULT_GROUP)
+    finally:
+        db.dispose()
+    return InitResult(
+        data_dir=root,
+        ca_certificate=pki_dir / ca_mod.CA_CERT_FILE,
+        config_file=root / CONFIG_FILE,
+        database_url=settings.database_url,
+    )
+
+
+class Platform:
+    """An initialised data dir, opened."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not (settings.pki_dir / ca_mod.CA_CERT_FILE).exists():
+            raise ConfigError(
+                f"{settings.data_dir} is not a thingward data dir: run 'thingward init --data-dir {settings.data_dir}'"
+            )
+        self.settings = settings
+        self.db = Database(settings.database_url)
+
+    @classmethod
+    def open(cls, data_dir: str | Path | None = None) -> Platform:
+        return cls(load_settings(data_dir))
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    @cached_property
+    def ca(self) -> ca_mod.CertificateAuthority:
+        return ca_mod.load_ca(self.settings.pki_dir, _ca_passphrase(self.settings.pki.ca_passphrase_env))
+
+    @property
+    def ca_certificate_path(self) -> Path:
+        return self.settings.pki_dir / ca_mod.CA_CERT_FILE
+
+    @property
+    def server_certificate_path(self) -> Path:
+        return self.settings.pki_dir / ca_mod.SERVER_CERT_FILE
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.settings.pki_dir / ca_mod.SERVER_KEY_FILE
+
+    @property
+    def crl_path(self) -> Path:
+        return self.settings.pki_dir / ca_mod.CRL_FILE
+
+    def write_crl(self) -> Path:
+        """Rebuild the CRL from the registry and replace the file atomically."""
+        with self.db.read() as session:
+            revoked = certificates.revoked_serials(session)
+        write_atomic(self.crl_path, ca_mod.crl_pem(ca_mod.build_crl(self.ca, revoked)))
+        return self.crl_path
+
+    def enroll(self, token: str, csr_pem: bytes | str, source: str) -> certificates.Enrollment:
+        validity = dt.timedelta(days=self.settings.pki.device_certificate_days)
+        try:
+            with self.db.session() as session:
+                return certificates.enroll_device(session, self.ca, token, csr_pem, validity, source)
+        except EnrollmentRefusedError as e:
+            # The refusal's transaction was rolled back; record it in one of its own.
+            with self.db.session() as session:
+                record_event(
+                    session, Actor("anonymous", source), "enroll.refused", "enrollment", {"reason": e.reason}
+                )
+            raise
+
+    def revoke(self, actor: Actor, name: str, reason: str = "unspecified") -> list[str]:
+        with self.db.session() as session:
+            serials = certificates.revoke_thing_certificates(session, actor, name, reason)
+        self.write_crl()
+        return serials
+
+    def set_disabled(self, actor: Actor, name: str, disabled: bool) -> list[str]:
+        with self.db.session() as session:
+            serials = certificates.set_thing_disabled(session, actor, name, disabled)
+        if serials:
+            self.write_crl()
+        return serials

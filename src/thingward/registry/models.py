@@ -1,0 +1,168 @@
+"""SQLAlchemy models of the registry. The schema itself is created by the Alembic migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry: use timezone-aware UTC")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Thing(Base):
+    __tablename__ = "things"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    attributes: Mapped[list[ThingAttribute]] = relationship(
+        back_populates="thing", cascade="all, delete-orphan", lazy="selectin"
+    )
+    groups: Mapped[list[ThingGroup]] = relationship(secondary="group_members", back_populates="things")
+
+
+class ThingAttribute(Base):
+    __tablename__ = "thing_attributes"
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), nullable=False)
+    thing: Mapped[Thing] = relationship(back_populates="attributes")
+
+
+class ThingGroup(Base):
+    __tablename__ = "thing_groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("thing_groups.id"), nullable=True)
+    description: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    parent: Mapped[ThingGroup | None] = relationship(remote_side=[id])
+    things: Mapped[list[Thing]] = relationship(secondary="group_members", back_populates="groups")
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("thing_groups.id", ondelete="CASCADE"), primary_key=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)  # hex
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id"), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    not_before: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    pem: Mapped[str] = mapped_column(Text, nullable=False)
+    thing: Mapped[Thing] = relationship()
+
+    __table_args__ = (CheckConstraint("status in ('active', 'revoked')", name="ck_certificates_status"),)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    thing: Mapped[Thing] = relationship()
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    document: Mapped[str] = mapped_column(Text, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class PolicyAttachment(Base):
+    __tablename__ = "policy_attachments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"), nullable=False)
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("thing_groups.id", ondelete="CASCADE"), nullable=True
+    )
+    thing_id: Mapped[int | None] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=True)
+    policy: Mapped[Policy] = relationship()
+    group: Mapped[ThingGroup | None] = relationship()
+    thing: Mapped[Thing | None] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("(group_id IS NULL) <> (thing_id IS NULL)", name="ck_policy_attachments_one_target"),
+        UniqueConstraint("policy_id", "group_id", "thing_id", name="uq_policy_attachment"),
+    )
+
+
+class AuditEvent(Base):
+    """An append-only, hash-chained record of every change: who, when, what, from where."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    source: Mapped[str] = mapped_column(String(128), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(String(256), nullable=False)
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    topic: Mapped[str] = mapped_column(String(1024), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # telemetry | event
+    event_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_messages_thing_id_id", "thing_id", "id"),)

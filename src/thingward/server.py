@@ -1,0 +1,214 @@
+"""`thingward serve`: the embedded broker, the HTTPS API and the ingest writer in one asyncio process.
+
+The registry is the source of truth. The audit log doubles as the change feed: a watcher notices a new
+audit event (from this process or from a CLI command in another one), recompiles the policies, reloads
+the CRL, and drops live sessions that are no longer allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import uvicorn
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from thingward.app.api import create_app
+from thingward.app.metrics import Metrics
+from thingward.broker.base import BrokerLimits, BrokerTls
+from thingward.broker.embedded import EmbeddedBroker
+from thingward.ingest.writer import MessageWriter
+from thingward.platform import Platform
+from thingward.policy.engine import PolicyEngine
+from thingward.registry.audit_log import latest_event_id
+from thingward.registry.models import Certificate, Thing
+from thingward.registry.policies import load_policy_world
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 0.25
+CRL_REFRESH = dt.timedelta(hours=12)
+STARTUP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    mqtt: str
+    api: str
+    ca_certificate: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"mqtt": self.mqtt, "api": self.api, "ca_certificate": self.ca_certificate}
+
+
+class _ServerCollector(Collector):
+    """Reads live counters of the broker and writer at scrape time, so the hot path only bumps integers."""
+
+    def __init__(self, server: ThingwardServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        denials = CounterMetricFamily(
+            "thingward_mqtt_denials", "MQTT operations refused by policy or limits", labels=["action"]
+        )
+        per_action: dict[str, int] = {}
+        for (_thing, action), count in self._server.broker.denials.items():
+            per_action[action] = per_action.get(action, 0) + count
+        for action, count in sorted(per_action.items()):
+            denials.add_metric([action], count)
+        yield denials
+        yield GaugeMetricFamily(
+            "thingward_mqtt_connected",
+            "Devices connected now",
+            value=len(self._server.broker.connected_things()),
+        )
+        yield CounterMetricFamily(
+            "thingward_messages_stored",
+            "Telemetry and event messages stored",
+            value=self._server.writer.stored,
+        )
+
+
+def _revoked_certificates(platform: Platform) -> dict[str, str]:
+    with platform.db.read() as session:
+        rows = session.execute(
+            select(Certificate.serial, Thing.name).join(Thing).where(Certificate.status == "revoked")
+        ).all()
+    return {serial: name for serial, name in rows}
+
+
+class ThingwardServer:
+    def __init__(self, platform: Platform, host: str, mqtt_port: int, http_port: int) -> None:
+        self.platform = platform
+        self.host = host
+        settings = platform.settings
+        self.metrics = Metrics()
+        with platform.db.read() as session:
+            self.engine = PolicyEngine(load_policy_world(session))
+            self._seen_event = latest_event_id(session)
+        self._revoked = _revoked_certificates(platform)
+        self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
+        self.broker = EmbeddedBroker(
+            host=host,
+            port=mqtt_port,
+            tls=BrokerTls(
+                cert_file=platform.server_certificate_path,
+                key_file=platform.server_key_path,
+                ca_file=platform.ca_certificate_path,
+                crl_file=platform.crl_path,
+            ),
+            limits=BrokerLimits(
+                max_payload_bytes=settings.mqtt.max_payload_bytes,
+                max_connects_per_minute=settings.mqtt.max_connects_per_minute,
+                max_publish_per_second=settings.mqtt.max_publish_per_second,
+            ),
+            authorizer=self.engine,
+            on_message=self.writer,
+            plaintext_port=settings.mqtt.plaintext_port,
+        )
+        self.metrics.registry.register(_ServerCollector(self))
+        app = create_app(platform, self.metrics)
+        self._http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=http_port,
+                ssl_certfile=str(platform.server_certificate_path),
+                ssl_keyfile=str(platform.server_key_path),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+            )
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._crl_written_at = dt.datetime.now(dt.UTC)
+
+    @property
+    def http_port(self) -> int:
+        for server in self._http.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise RuntimeError("the HTTPS server is not listening")
+
+    def endpoints(self) -> Endpoints:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return Endpoints(
+            mqtt=f"mqtts://{host}:{self.broker.port}",
+            api=f"https://{host}:{self.http_port}",
+            ca_certificate=str(self.platform.ca_certificate_path),
+        )
+
+    async def start(self) -> Endpoints:
+        # A CRL left from a long stop may be past its next update, and OpenSSL refuses every client then.
+        await asyncio.to_thread(self.platform.write_crl)
+        self._crl_written_at = dt.datetime.now(dt.UTC)
+        self.writer.start()
+        await self.broker.start()
+        self._tasks.append(asyncio.create_task(self._http.serve(), name="thingward-https"))
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while not self._http.started:
+                if self._tasks[0].done():
+                    self._tasks[0].result()
+                    raise RuntimeError("the HTTPS server stopped during start-up")
+                await asyncio.sleep(0.02)
+        self._tasks.append(asyncio.create_task(self._watch(), name="thingward-watch"))
+        if self.platform.settings.mqtt.plaintext_port is not None:
+            logger.warning("a plaintext MQTT listener is configured: it accepts no device (no identity)")
+        return self.endpoints()
+
+    async def stop(self) -> None:
+        self._http.should_exit = True
+        for task in reversed(self._tasks):
+            if task.get_name() == "thingward-watch":
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=10)
+        self._tasks.clear()
+        await self.broker.stop()
+        await self.writer.stop()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self.apply_changes()
+            except Exception:
+                logger.exception("applying registry changes failed; will retry")
+
+    async def apply_changes(self, force: bool = False) -> None:
+        """Bring the data plane in line with the registry when it changed since the last look."""
+        now = dt.datetime.now(dt.UTC)
+        if now - self._crl_written_at > CRL_REFRESH:
+            await asyncio.to_thread(self.platform.write_crl)
+            self.broker.reload_crl()
+            self._crl_written_at = now
+        with self.platform.db.read() as session:
+            newest = latest_event_id(session)
+        if newest == self._seen_event and not force:
+            return
+        self._seen_event = newest
+        world = await asyncio.to_thread(self._load_world)
+        self.engine.replace_world(world)
+        self.metrics.policy_reloads.inc()
+        revoked = await asyncio.to_thread(_revoked_certificates, self.platform)
+        newly_revoked_things = {name for serial, name in revoked.items() if serial not in self._revoked}
+        if newly_revoked_things:
+            await asyncio.to_thread(self.platform.write_crl)
+            self.broker.reload_crl()
+        self._revoked = revoked
+        for thing in sorted(self.broker.connected_things()):
+            if thing in newly_revoked_things or not self.engine.authorize(thing, "connect", thing):
+                dropped = await self.broker.disconnect(thing)
+                self.metrics.sessions_dropped.inc(dropped)
+                logger.info("dropped %d live session(s) of %s: no longer allowed to connect", dropped, thing)
+
+    def _load_world(self):  # type: ignore[no-untyped-def]
+        with self.platform.db.read() as session:
+            return load_policy_world(session)
