@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import uvicorn
 
 if TYPE_CHECKING:
     from thingward.platform import Platform
@@ -30,18 +29,12 @@ class ApiServer:
 
     def __init__(self, platform: Platform) -> None:
         from thingward.app.api import create_app
+        from thingward.app.https import https_server
 
         self.platform = platform
-        config = uvicorn.Config(
-            create_app(platform),
-            host="127.0.0.1",
-            port=0,
-            ssl_certfile=str(platform.server_certificate_path),
-            ssl_keyfile=str(platform.server_key_path),
-            log_config=None,
-            lifespan="off",
+        self.server = https_server(
+            create_app(platform), "127.0.0.1", 0, platform.server_certificate_path, platform.server_key_path
         )
-        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 
     def __enter__(self) -> ApiServer:

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
 from thingward.app.api import create_app
+from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.broker.base import BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
@@ -114,18 +114,8 @@ class ThingwardServer:
         )
         self.metrics.registry.register(_ServerCollector(self))
         app = create_app(platform, self.metrics)
-        self._http = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=http_port,
-                ssl_certfile=str(platform.server_certificate_path),
-                ssl_keyfile=str(platform.server_key_path),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                server_header=False,
-            )
+        self._http = https_server(
+            app, host, http_port, platform.server_certificate_path, platform.server_key_path
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_written_at = dt.datetime.now(dt.UTC)

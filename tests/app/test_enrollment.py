@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import ssl
 import stat
+import warnings
 from pathlib import Path
 
 import httpx
@@ -158,8 +159,10 @@ def test_repeated_failures_are_throttled(api) -> None:
 
 def test_api_serves_only_tls_1_2_or_newer(api) -> None:
     context = ssl.create_default_context(cafile=str(api.platform.ca_certificate_path))
-    context.maximum_version = ssl.TLSVersion.TLSv1_1
-    context.minimum_version = ssl.TLSVersion.TLSv1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.minimum_version = ssl.TLSVersion.TLSv1
     try:
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
     except ssl.SSLError:
@@ -167,3 +170,8 @@ def test_api_serves_only_tls_1_2_or_newer(api) -> None:
     with pytest.raises((ssl.SSLError, httpx.ConnectError)):
         with httpx.Client(verify=context, timeout=5) as client:
             client.get(f"{api.url}/api/v1/health")
+
+
+def test_https_floor_is_set_in_code_not_left_to_system_policy(api) -> None:
+    # The handshake test above may also be refused by the client's own OpenSSL policy; this one cannot be.
+    assert api.server.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from thingward.errors import ConflictError, NotFoundError
 from thingward.names import validate_name
 from thingward.policy.document import PolicyDocument, parse_policy_document
-from thingward.policy.engine import GroupFacts, PolicyWorld, ThingFacts
+from thingward.policy.world import GroupFacts, PolicyWorld, ThingFacts
 from thingward.registry.audit_log import Actor, record_event
 from thingward.registry.models import GroupMember, Policy, PolicyAttachment, Thing, ThingGroup
 from thingward.registry.things import get_group, get_thing

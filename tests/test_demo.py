@@ -1,0 +1,37 @@
+"""`thingward demo` and `thingward simulate`, run as a user would, for a few seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+THINGWARD = [sys.executable, "-m", "thingward.cli.main"]
+
+
+def test_demo_runs_the_journey_and_shows_the_refused_read(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    result = subprocess.run(
+        [*THINGWARD, "demo", "--data-dir", str(data_dir), "--duration", "6", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["mqtt"].startswith("mqtts://127.0.0.1:")
+    assert summary["api"].startswith("https://127.0.0.1:")
+    cameras = summary["cameras"]
+    assert set(cameras) == {"front-door-cam", "backyard-cam"}
+    for stats in cameras.values():
+        assert stats["telemetry_sent"] >= 3
+        # QoS 1 from a clean shutdown: everything sent is stored.
+        assert stats["stored"] == stats["telemetry_sent"] + stats["events_sent"]
+    assert summary["refused"] == [
+        {"thing": "front-door-cam", "action": "subscribe", "topic": "things/backyard-cam/#", "result": "refused"}
+    ]
+    # A second run reuses the demo data dir and its enrolled cameras.
+    again = subprocess.run(
+        [*THINGWARD, "demo", "--data-dir", str(data_dir), "--duration", "2", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stderr

@@ -1,0 +1,269 @@
+"""The whole journey through the real doors: `thingward` CLI processes, a served broker and API, real clients.
+
+Everything here goes over real TLS on loopback: the server is `thingward serve --json` in its own process,
+devices enroll with `thingward device enroll`, and talk with paho-mqtt and mosquitto_pub/sub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from thingward.device.client import Device, DeviceConnectError
+
+THINGWARD = [sys.executable, "-m", "thingward.cli.main"]
+
+
+def cli(data_dir: Path, *args: str, check: bool = True) -> dict:
+    result = subprocess.run(
+        [*THINGWARD, *args, "--data-dir", str(data_dir), "--json"], capture_output=True, text=True, timeout=60
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"thingward {' '.join(args)} failed: {result.stderr}")
+    return {"returncode": result.returncode, "stderr": result.stderr, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+@dataclass
+class Served:
+    data_dir: Path
+    mqtt_host: str
+    mqtt_port: int
+    api: str
+    ca: Path
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    data_dir = tmp_path_factory.mktemp("journey") / "data"
+    result = subprocess.run([*THINGWARD, "init", "--data-dir", str(data_dir), "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ca_certificate"].endswith("ca.crt")
+    process = subprocess.Popen(
+        [*THINGWARD, "serve", "--data-dir", str(data_dir), "--mqtt-port", "0", "--http-port", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _read_line(process, 30)
+        endpoints = json.loads(line)
+        host_port = endpoints["mqtt"].removeprefix("mqtts://")
+        host, port = host_port.rsplit(":", 1)
+        yield Served(data_dir, host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), process)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    if not box or not box[0]:
+        process.kill()
+        raise AssertionError(f"serve printed no endpoints: {process.stderr.read()}")  # type: ignore[union-attr]
+    return box[0]
+
+
+def enroll(served: Served, name: str, tmp_path: Path) -> Path:
+    added = cli(served.data_dir, "device", "add", name)
+    assert added["name"] == name and added["enrollment_token"].startswith(f"{name}.")
+    out = tmp_path / name
+    enrolled = subprocess.run(
+        [*THINGWARD, "device", "enroll", "--api", served.api, "--token", added["enrollment_token"],
+         "--ca-certificate", str(served.ca), "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    body = json.loads(enrolled.stdout)
+    assert body == {"name": name, "certificate": str(out / "device.crt"), "key": str(out / "device.key")}
+    return out
+
+
+def connect(served: Served, name: str, directory: Path) -> Device:
+    device = Device.from_dir(directory, name, host=served.mqtt_host, port=served.mqtt_port)
+    device.connect(timeout=10)
+    return device
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def test_enrolled_device_publishes_and_message_is_stored(served: Served, tmp_path: Path) -> None:
+    directory = enroll(served, "cam-store", tmp_path)
+    device = connect(served, "cam-store", directory)
+    try:
+        device.publish_telemetry({"temperature_c": 41.5}).wait_for_publish(5)
+        device.publish_event("motion", {"zone": "front door"}).wait_for_publish(5)
+    finally:
+        device.close()
+
+    def stored() -> list[dict]:
+        return cli(served.data_dir, "device", "messages", "cam-store")["messages"]
+
+    assert wait_for(lambda: len(stored()) == 2, 10)
+    topics = sorted(m["topic"] for m in stored())
+    assert topics == ["things/cam-store/events/motion", "things/cam-store/telemetry"]
+    assert any('"temperature_c":41.5' in m["payload"] for m in stored())
+
+
+def test_mosquitto_clients_with_device_certificate(served: Served, tmp_path: Path) -> None:
+    if shutil.which("mosquitto_pub") is None:
+        pytest.skip("mosquitto-clients not installed")
+    directory = enroll(served, "cam-mosq", tmp_path)
+    common = ["-h", served.mqtt_host, "-p", str(served.mqtt_port), "--cafile", str(directory / "ca.crt"), "-i", "cam-mosq"]
+    ok = subprocess.run(
+        ["mosquitto_pub", *common, "--cert", str(directory / "device.crt"), "--key", str(directory / "device.key"),
+         "-t", "things/cam-mosq/telemetry", "-m", '{"via":"mosquitto_pub"}', "-q", "1"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert ok.returncode == 0, ok.stderr
+    no_cert = subprocess.run(
+        ["mosquitto_pub", *common, "-t", "things/cam-mosq/telemetry", "-m", "x", "-q", "1"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert no_cert.returncode != 0
+    assert wait_for(
+        lambda: any("mosquitto_pub" in m["payload"] for m in cli(served.data_dir, "device", "messages", "cam-mosq")["messages"]), 10
+    )
+
+
+def test_device_cannot_read_another_devices_topics(served: Served, tmp_path: Path) -> None:
+    victim = connect(served, "cam-victim", enroll(served, "cam-victim", tmp_path))
+    spy_dir = enroll(served, "cam-spy", tmp_path)
+    received: list[str] = []
+    granted: list[list[bool]] = []
+    subscribed = threading.Event()
+    spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-spy")
+    spy.tls_set(ca_certs=str(spy_dir / "ca.crt"), certfile=str(spy_dir / "device.crt"), keyfile=str(spy_dir / "device.key"))
+    spy.on_message = lambda _c, _u, msg: received.append(msg.topic)
+
+    def on_subscribe(_c, _u, _mid, codes, _p) -> None:
+        granted.append([not rc.is_failure for rc in codes])
+        subscribed.set()
+
+    spy.on_subscribe = on_subscribe
+    spy.connect(served.mqtt_host, served.mqtt_port)
+    spy.loop_start()
+    try:
+        for topic_filter in ["things/cam-victim/#", "things/+/telemetry", "#", "+/cam-victim/#"]:
+            subscribed.clear()
+            spy.subscribe(topic_filter)
+            assert subscribed.wait(5), f"no SUBACK for {topic_filter}"
+        assert granted == [[False]] * 4
+        victim.publish_telemetry({"secret": 1}).wait_for_publish(5)
+        victim.publish("things/cam-victim/telemetry", b"retained", qos=1, retain=True).wait_for_publish(5)
+        spy.publish("things/cam-victim/commands/unlock", b"open", qos=1).wait_for_publish(5)
+        time.sleep(1.0)  # a delivery, if the broker wrongly made one, would arrive well within this
+        assert received == []
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+        victim.close()
+    explained = cli(served.data_dir, "policy", "explain", "cam-spy", "subscribe", "things/cam-victim/#")
+    assert explained["decision"] == "deny"
+
+
+def test_client_id_other_than_certificate_refused(served: Served, tmp_path: Path) -> None:
+    directory = enroll(served, "cam-id", tmp_path)
+    impostor = Device(
+        "cam-someone-else", directory / "device.crt", directory / "device.key", directory / "ca.crt",
+        host=served.mqtt_host, port=served.mqtt_port,
+    )
+    with pytest.raises(DeviceConnectError):
+        impostor.connect(timeout=5)
+
+
+def test_revoked_device_is_dropped_within_a_second_and_refused_after(served: Served, tmp_path: Path) -> None:
+    directory = enroll(served, "cam-revoke", tmp_path)
+    device = connect(served, "cam-revoke", directory)
+    try:
+        revoked = cli(served.data_dir, "device", "revoke", "cam-revoke")
+        assert len(revoked["revoked_serials"]) == 1
+        started = time.monotonic()
+        assert wait_for(lambda: not device.connected, 3), "live session not dropped"
+        # The watcher polls every 0.25 s; the issue asks for under a second.
+        assert time.monotonic() - started < 1.5
+    finally:
+        device.close()
+    again = Device.from_dir(directory, "cam-revoke", host=served.mqtt_host, port=served.mqtt_port)
+    with pytest.raises(DeviceConnectError):
+        again.connect(timeout=5)
+
+
+def test_disabled_device_is_dropped_and_refused(served: Served, tmp_path: Path) -> None:
+    directory = enroll(served, "cam-disable", tmp_path)
+    device = connect(served, "cam-disable", directory)
+    try:
+        cli(served.data_dir, "device", "disable", "cam-disable")
+        assert wait_for(lambda: not device.connected, 3)
+    finally:
+        device.close()
+    with pytest.raises(DeviceConnectError):
+        connect(served, "cam-disable", directory)
+
+
+def test_metrics_and_openapi_are_served(served: Served) -> None:
+    import httpx
+
+    from thingward.device.enroll import server_context
+
+    with httpx.Client(verify=server_context(served.ca), timeout=10) as client:
+        metrics = client.get(f"{served.api}/metrics").text
+        schema = client.get(f"{served.api}/api/openapi.json").json()
+    assert "thingward_mqtt_denials_total" in metrics
+    assert "/api/v1/enroll" in schema["paths"]
+
+
+def test_cli_errors_are_one_line_and_json(served: Served) -> None:
+    result = subprocess.run(
+        [*THINGWARD, "device", "revoke", "no-such-cam", "--data-dir", str(served.data_dir), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"error": "no thing named 'no-such-cam': see 'thingward device list'"}
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+
+
+def test_plaintext_connection_to_tls_port_refused(served: Served) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-plain")
+    refused = False
+    try:
+        client.connect(served.mqtt_host, served.mqtt_port, keepalive=5)
+        rc = client.loop(timeout=3)
+        refused = rc != 0 or not client.is_connected()
+        if not refused:
+            time.sleep(1)
+            client.loop(timeout=1)
+            refused = not client.is_connected()
+    except OSError:
+        refused = True
+    finally:
+        client.disconnect()
+    assert refused
+    assert os.environ.get("THINGWARD_MQTT__PLAINTEXT_PORT") is None
