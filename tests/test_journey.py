@@ -71,6 +71,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
@@ -105,6 +108,20 @@ def connect(served: Served, name: str, directory: Path) -> Device:
     return device
 
 
+def stored_count(served: Served, name: str) -> int:
+    """Read the registry file directly: polling through a CLI process a few times a second would be slow."""
+    from thingward.ingest.store import count_messages
+    from thingward.platform import Platform
+    from thingward.registry.things import get_thing
+
+    platform = Platform.open(served.data_dir)
+    try:
+        with platform.db.read() as session:
+            return count_messages(session, get_thing(session, name))
+    finally:
+        platform.close()
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,10 +140,11 @@ def test_enrolled_device_publishes_and_message_is_stored(served: Served, tmp_pat
     finally:
         device.close()
 
+    assert wait_for(lambda: stored_count(served, "cam-store") == 2, 10)
+
     def stored() -> list[dict]:
         return cli(served.data_dir, "device", "messages", "cam-store")["messages"]
 
-    assert wait_for(lambda: len(stored()) == 2, 10)
     topics = sorted(m["topic"] for m in stored())
     assert topics == ["things/cam-store/events/motion", "things/cam-store/telemetry"]
     assert any('"temperature_c":41.5' in m["payload"] for m in stored())
@@ -148,9 +166,8 @@ def test_mosquitto_clients_with_device_certificate(served: Served, tmp_path: Pat
         capture_output=True, text=True, timeout=20,
     )
     assert no_cert.returncode != 0
-    assert wait_for(
-        lambda: any("mosquitto_pub" in m["payload"] for m in cli(served.data_dir, "device", "messages", "cam-mosq")["messages"]), 10
-    )
+    assert wait_for(lambda: stored_count(served, "cam-mosq") == 1, 10)
+    assert "mosquitto_pub" in cli(served.data_dir, "device", "messages", "cam-mosq")["messages"][0]["payload"]
 
 
 def test_device_cannot_read_another_devices_topics(served: Served, tmp_path: Path) -> None:

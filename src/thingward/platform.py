@@ -77,9 +77,7 @@ def init_data_dir(
         actor = cli_actor()
         with db.session() as session:
             record_event(session, actor, "platform.init", f"data_dir:{root}", {"hostnames": list(hostnames)})
-            things.add_group(
-                session, actor, things.DEFAULT_GROUP, description="every device unless told otherwise"
-            )
+            things.add_group(session, actor, things.DEFAULT_GROUP, description="every device unless told otherwise")
             policies.add_policy(session, actor, DEFAULT_POLICY_NAME, DEFAULT_POLICY.to_json())
             policies.attach_policy(session, actor, DEFAULT_POLICY_NAME, group=things.DEFAULT_GROUP)
     finally:
@@ -145,9 +143,7 @@ class Platform:
         except EnrollmentRefusedError as e:
             # The refusal's transaction was rolled back; record it in one of its own.
             with self.db.session() as session:
-                record_event(
-                    session, Actor("anonymous", source), "enroll.refused", "enrollment", {"reason": e.reason}
-                )
+                record_event(session, Actor("anonymous", source), "enroll.refused", "enrollment", {"reason": e.reason})
             raise
 
     def revoke(self, actor: Actor, name: str, reason: str = "unspecified") -> list[str]:

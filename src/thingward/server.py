@@ -114,9 +114,7 @@ class ThingwardServer:
         )
         self.metrics.registry.register(_ServerCollector(self))
         app = create_app(platform, self.metrics)
-        self._http = https_server(
-            app, host, http_port, platform.server_certificate_path, platform.server_key_path
-        )
+        self._http = https_server(app, host, http_port, platform.server_certificate_path, platform.server_key_path)
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_written_at = dt.datetime.now(dt.UTC)
 

@@ -117,9 +117,7 @@ def create_app(platform: Platform, metrics: Metrics | None = None) -> FastAPI:
             result = platform.enroll(body.token, body.csr, source=f"ip:{client}")
         except (EnrollmentRefusedError, InvalidInputError) as e:
             throttle.record_failure(client)
-            metrics.enrollments.labels(
-                "refused" if isinstance(e, EnrollmentRefusedError) else "bad_csr"
-            ).inc()
+            metrics.enrollments.labels("refused" if isinstance(e, EnrollmentRefusedError) else "bad_csr").inc()
             logger.info("enrollment from %s refused: %s", client, getattr(e, "reason", "") or e)
             raise
         metrics.enrollments.labels("issued").inc()

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,9 +57,7 @@ def _render(cameras: list[SimulatedCamera], stored: dict[str, int], log: EventLo
             str(stored.get(cam.name, 0)),
             cam.stats.last_event or "-",
         )
-    return Group(
-        Panel(header, title="thingward demo"), table, Panel("\n".join(log.lines()) or "-", title="what flows")
-    )
+    return Group(Panel(header, title="thingward demo"), table, Panel("\n".join(log.lines()) or "-", title="what flows"))
 
 
 def _stored_counts(platform: Platform, names: list[str]) -> dict[str, int]:
@@ -66,9 +65,7 @@ def _stored_counts(platform: Platform, names: list[str]) -> dict[str, int]:
         return {n: count_messages(session, things.get_thing(session, n)) for n in names}
 
 
-def attempt_cross_device_read(
-    attacker: SimulatedCamera, victim: str, log: EventLog, timeout: float = 5.0
-) -> str:
+def attempt_cross_device_read(attacker: SimulatedCamera, victim: str, log: EventLog, timeout: float = 5.0) -> str:
     """The attacker camera asks for the victim's topics; the broker must refuse (SUBACK 0x80)."""
     client = attacker.device.mqtt_client
     done = threading.Event()
@@ -91,9 +88,7 @@ def attempt_cross_device_read(
         f"[bold]{attacker.name}[/] subscribes to [bold]{topic_filter}[/] -> "
         + ("[red]REFUSED by policy (SUBACK 0x80)[/]" if result == "refused" else f"[yellow]{result}[/]")
     )
-    log.refusals.append(
-        {"thing": attacker.name, "action": "subscribe", "topic": topic_filter, "result": result}
-    )
+    log.refusals.append({"thing": attacker.name, "action": "subscribe", "topic": topic_filter, "result": result})
     return result
 
 
@@ -108,14 +103,17 @@ def _run_cameras(
     log: EventLog,
     stop: threading.Event,
     with_attack: bool,
+    sync_server: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     parsed = urlsplit(mqtt_url)
     dirs = provision_cameras(platform, api, names)
+    if sync_server is not None:
+        # The server notices registry changes within 0.25 s; the demo connects at once, so it asks.
+        sync_server()
     for name in names:
         log.add(f"{name}: key made on the device, CSR sent, certificate issued")
     cameras = [
-        SimulatedCamera(n, dirs[n], parsed.hostname or "127.0.0.1", parsed.port or 8883, period=1.0)
-        for n in names
+        SimulatedCamera(n, dirs[n], parsed.hostname or "127.0.0.1", parsed.port or 8883, period=1.0) for n in names
     ]
     try:
         for cam in cameras:
@@ -192,6 +190,10 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
         + ("Ctrl-C stops everything." if duration <= 0 else f"Stops after {duration:.0f} s.")
     )
     log = EventLog()
+
+    def sync_server() -> None:
+        asyncio.run_coroutine_threadsafe(server.apply_changes(force=True), loop).result(timeout=30)
+
     try:
         result = await asyncio.to_thread(
             _run_cameras,
@@ -205,6 +207,7 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
             log,
             stop,
             True,
+            sync_server,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

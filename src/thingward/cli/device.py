@@ -37,9 +37,7 @@ def add(
     group: Annotated[
         list[str] | None, typer.Option("--group", "-g", help="Thing group (repeatable) [default: default].")
     ] = None,
-    attribute: Annotated[
-        list[str] | None, typer.Option("--attr", help="Attribute KEY=VALUE (repeatable).")
-    ] = None,
+    attribute: Annotated[list[str] | None, typer.Option("--attr", help="Attribute KEY=VALUE (repeatable).")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -75,13 +73,9 @@ def token(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> Non
 def enroll(
     api: Annotated[str, typer.Option("--api", help="URL of the thingward API, e.g. https://127.0.0.1:8443")],
     token_value: Annotated[str, typer.Option("--token", help="The one-time enrollment token.")],
-    ca_certificate: Annotated[
-        Path, typer.Option("--ca-certificate", help="The platform CA certificate (PEM).")
-    ],
+    ca_certificate: Annotated[Path, typer.Option("--ca-certificate", help="The platform CA certificate (PEM).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for device.key, device.crt and ca.crt.")],
-    pkcs11_uri: Annotated[
-        str | None, typer.Option("--pkcs11-uri", help="Keep the key in a PKCS#11 token.")
-    ] = None,
+    pkcs11_uri: Annotated[str | None, typer.Option("--pkcs11-uri", help="Keep the key in a PKCS#11 token.")] = None,
     pkcs11_pin_env: Annotated[
         str, typer.Option("--pkcs11-pin-env", help="Env var holding the token PIN.")
     ] = "THINGWARD_PKCS11_PIN",

@@ -19,9 +19,7 @@ app = typer.Typer(help="Thing groups: where policies live.", no_args_is_help=Tru
 @handle_errors
 def add(
     name: str,
-    parent: Annotated[
-        str | None, typer.Option("--parent", help="Parent group (policies are inherited).")
-    ] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Parent group (policies are inherited).")] = None,
     description: Annotated[str, typer.Option(help="What the group is for.")] = "",
     data_dir: DataDir = None,
     as_json: JsonFlag = False,

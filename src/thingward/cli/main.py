@@ -38,9 +38,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="text or json (one object per line).")
-    ] = "text",
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json (one object per line).")] = "text",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -124,15 +122,9 @@ def serve(
 @handle_errors
 def simulate(
     devices: Annotated[int, typer.Option("--devices", min=1, max=1000, help="How many cameras.")] = 2,
-    api: Annotated[
-        str, typer.Option("--api", help="URL of the running server's API.")
-    ] = "https://127.0.0.1:8443",
-    mqtt: Annotated[
-        str, typer.Option("--mqtt", help="URL of the running broker.")
-    ] = "mqtts://127.0.0.1:8883",
-    duration: Annotated[
-        float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")
-    ] = 0,
+    api: Annotated[str, typer.Option("--api", help="URL of the running server's API.")] = "https://127.0.0.1:8443",
+    mqtt: Annotated[str, typer.Option("--mqtt", help="URL of the running broker.")] = "mqtts://127.0.0.1:8883",
+    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")] = 0,
     prefix: Annotated[str, typer.Option("--prefix", help="Name prefix of the cameras.")] = "sim-cam",
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
@@ -150,9 +142,7 @@ def demo(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Demo data dir (created if missing).")] = Path(
         "thingward-demo"
     ),
-    duration: Annotated[
-        float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")
-    ] = 0,
+    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole journey on a laptop: CA, broker, API, two cameras, and a refused cross-device read."""
@@ -170,9 +160,7 @@ app.add_typer(log_app, name="log")
 @handle_errors
 def log_list(
     limit: Annotated[int, typer.Option(min=1, max=100000)] = 50,
-    target: Annotated[
-        str | None, typer.Option(help="Only events about this target, e.g. thing:cam1.")
-    ] = None,
+    target: Annotated[str | None, typer.Option(help="Only events about this target, e.g. thing:cam1.")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:

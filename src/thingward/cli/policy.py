@@ -97,9 +97,7 @@ def _engine(data_dir: Path | None) -> PolicyEngine:
 def explain(
     thing: str,
     action: str,
-    topic: Annotated[
-        str, typer.Argument(help="Topic (publish/receive), filter (subscribe) or client id (connect).")
-    ],
+    topic: Annotated[str, typer.Argument(help="Topic (publish/receive), filter (subscribe) or client id (connect).")],
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -65,6 +65,8 @@ class Device:
         self.on_command = on_command
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._connected = threading.Event()
+        # Set when the first attempt ends either way, so a refused device fails fast instead of timing out.
+        self._attempt_over = threading.Event()
         self._refused: ReasonCode | None = None
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=name, clean_session=True, reconnect_on_failure=True
@@ -84,21 +86,22 @@ class Device:
         # fleet cut off at once does not come back at once.
         self._client.reconnect_delay_set(min_delay=self._rng.uniform(0.5, 1.5), max_delay=60)  # type: ignore[arg-type]
 
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
         if reason.is_failure:
             self._refused = reason
             logger.warning("device %s: broker refused the connection: %s", self.name, reason)
+            self._attempt_over.set()
             return
         self._refused = None
         client.subscribe(commands_filter(self.name), qos=1)
         self._connected.set()
+        self._attempt_over.set()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         self._connected.clear()
+        self._attempt_over.set()
         self._jitter_reconnect_delay()
         logger.info("device %s disconnected: %s", self.name, reason)
 
@@ -115,36 +118,32 @@ class Device:
 
     def connect(self, timeout: float = 10.0) -> None:
         """Connect and wait until the broker accepts; raises DeviceConnectError otherwise."""
+        self._attempt_over.clear()
         try:
             self._client.connect(self.host, self.port, keepalive=30)
         except (OSError, ssl.SSLError) as e:
-            raise DeviceConnectError(
-                f"device {self.name}: cannot connect to {self.host}:{self.port}: {e}"
-            ) from e
+            raise DeviceConnectError(f"device {self.name}: cannot connect to {self.host}:{self.port}: {e}") from e
         self._client.loop_start()
-        if not self._connected.wait(timeout):
+        self._attempt_over.wait(timeout)
+        if not self._connected.is_set():
             reason = self._refused
             self.close()
             raise DeviceConnectError(
-                f"device {self.name}: not connected within {timeout:.0f} s"
-                + (f" (refused: {reason})" if reason else " (TLS or network failure)")
+                f"device {self.name}: not connected"
+                + (f": refused ({reason})" if reason else f" within {timeout:.0f} s (closed during TLS or CONNECT)")
             )
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(
-        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
-    ) -> mqtt.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_telemetry(self, values: dict[str, Any], qos: int = 1) -> mqtt.MQTTMessageInfo:
         return self.publish(telemetry_topic(self.name), json.dumps(values, separators=(",", ":")), qos=qos)
 
     def publish_event(self, event_type: str, values: dict[str, Any], qos: int = 1) -> mqtt.MQTTMessageInfo:
-        return self.publish(
-            event_topic(self.name, event_type), json.dumps(values, separators=(",", ":")), qos=qos
-        )
+        return self.publish(event_topic(self.name, event_type), json.dumps(values, separators=(",", ":")), qos=qos)
 
     def subscribe(self, topic_filter: str, qos: int = 0) -> None:
         self._client.subscribe(topic_filter, qos=qos)

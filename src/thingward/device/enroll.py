@@ -51,9 +51,7 @@ def enroll(
     csr = store.build_csr(name)
     try:
         with httpx.Client(verify=server_context(ca_certificate), timeout=ENROLL_TIMEOUT) as client:
-            response = client.post(
-                f"{api_url.rstrip('/')}/api/v1/enroll", json={"token": token, "csr": csr.decode()}
-            )
+            response = client.post(f"{api_url.rstrip('/')}/api/v1/enroll", json={"token": token, "csr": csr.decode()})
     except httpx.HTTPError as e:
         raise ThingwardError(f"cannot reach the enrollment API at {api_url}: {e}") from e
     if response.status_code != 201:

@@ -25,9 +25,7 @@ class CameraStats:
     log: list[str] = field(default_factory=list)
 
 
-def provision_cameras(
-    platform: Platform, api_url: str, names: list[str], group: str | None = None
-) -> dict[str, Path]:
+def provision_cameras(platform: Platform, api_url: str, names: list[str], group: str | None = None) -> dict[str, Path]:
     """Register (if new), issue tokens for and enroll each camera; returns each one's credential dir."""
     out: dict[str, Path] = {}
     actor = cli_actor()

@@ -87,9 +87,7 @@ def store_messages(session: Session, messages: Sequence[StoredMessage], retentio
 
 def recent_messages(session: Session, thing: Thing, limit: int = 20) -> Sequence[Message]:
     return (
-        session.execute(
-            select(Message).where(Message.thing_id == thing.id).order_by(Message.id.desc()).limit(limit)
-        )
+        session.execute(select(Message).where(Message.thing_id == thing.id).order_by(Message.id.desc()).limit(limit))
         .scalars()
         .all()
     )

@@ -37,9 +37,7 @@ class MessageWriter:
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             if self.dropped % 1000 == 1:
-                logger.warning(
-                    "ingest queue full (%d messages); dropped %d so far", MAX_PENDING, self.dropped
-                )
+                logger.warning("ingest queue full (%d messages); dropped %d so far", MAX_PENDING, self.dropped)
             return
         self._pending.append(stored)
         if len(self._pending) >= MAX_BATCH:

@@ -32,12 +32,8 @@ class Actor:
 SYSTEM = Actor(name="thingward", source="server")
 
 
-def _event_hash(
-    prev_hash: str, at: dt.datetime, actor: str, source: str, action: str, target: str, detail: str
-) -> str:
-    body = json.dumps(
-        [prev_hash, at.isoformat(), actor, source, action, target, detail], separators=(",", ":")
-    )
+def _event_hash(prev_hash: str, at: dt.datetime, actor: str, source: str, action: str, target: str, detail: str) -> str:
+    body = json.dumps([prev_hash, at.isoformat(), actor, source, action, target, detail], separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -79,9 +75,7 @@ def verify_audit_chain(session: Session) -> int | None:
     """The id of the first event whose hash or link is wrong, or None when the whole chain holds."""
     prev_hash = GENESIS
     for event in session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars():
-        expected = _event_hash(
-            prev_hash, event.at, event.actor, event.source, event.action, event.target, event.detail
-        )
+        expected = _event_hash(prev_hash, event.at, event.actor, event.source, event.action, event.target, event.detail)
         if event.prev_hash != prev_hash or event.hash != expected:
             return event.id
         prev_hash = event.hash

@@ -106,16 +106,12 @@ def _why(row: EnrollmentToken | None, now: dt.datetime) -> str:
     return f"thing {row.thing.name} disabled"
 
 
-def revoke_thing_certificates(
-    session: Session, actor: Actor, name: str, reason: str = "unspecified"
-) -> list[str]:
+def revoke_thing_certificates(session: Session, actor: Actor, name: str, reason: str = "unspecified") -> list[str]:
     """Revoke every active certificate of a thing; returns their serials (hex)."""
     thing = get_thing(session, name)
     now = dt.datetime.now(dt.UTC)
     active = (
-        session.execute(
-            select(Certificate).where(Certificate.thing_id == thing.id, Certificate.status == "active")
-        )
+        session.execute(select(Certificate).where(Certificate.thing_id == thing.id, Certificate.status == "active"))
         .scalars()
         .all()
     )

@@ -126,9 +126,7 @@ class PolicyAttachment(Base):
     __tablename__ = "policy_attachments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"), nullable=False)
-    group_id: Mapped[int | None] = mapped_column(
-        ForeignKey("thing_groups.id", ondelete="CASCADE"), nullable=True
-    )
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("thing_groups.id", ondelete="CASCADE"), nullable=True)
     thing_id: Mapped[int | None] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=True)
     policy: Mapped[Policy] = relationship()
     group: Mapped[ThingGroup | None] = relationship()

@@ -117,9 +117,7 @@ def add_thing(
 ) -> Thing:
     validate_name(name, "thing")
     if session.execute(select(Thing.id).where(Thing.name == name)).first():
-        raise ConflictError(
-            f"thing {name!r} exists already: use 'thingward device token {name}' to re-enroll it"
-        )
+        raise ConflictError(f"thing {name!r} exists already: use 'thingward device token {name}' to re-enroll it")
     thing = Thing(name=name, disabled=False, created_at=_now())
     thing.groups = [get_group(session, g) for g in (groups or [DEFAULT_GROUP])]
     session.add(thing)
@@ -193,12 +191,8 @@ def create_enrollment_token(session: Session, actor: Actor, name: str, ttl: dt.t
         raise ConflictError(f"thing {name!r} is disabled: enable it before issuing an enrollment token")
     token = f"{name}.{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"
     now = _now()
-    session.add(
-        EnrollmentToken(thing=thing, token_sha256=token_digest(token), created_at=now, expires_at=now + ttl)
-    )
-    record_event(
-        session, actor, "thing.enrollment_token", f"thing:{name}", {"expires_at": (now + ttl).isoformat()}
-    )
+    session.add(EnrollmentToken(thing=thing, token_sha256=token_digest(token), created_at=now, expires_at=now + ttl))
+    record_event(session, actor, "thing.enrollment_token", f"thing:{name}", {"expires_at": (now + ttl).isoformat()})
     return IssuedToken(thing=name, token=token, expires_at=now + ttl)
 
 

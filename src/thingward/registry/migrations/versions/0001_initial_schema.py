@@ -132,9 +132,7 @@ def upgrade() -> None:
         sa.Column("policy_id", sa.Integer(), nullable=False),
         sa.Column("group_id", sa.Integer(), nullable=True),
         sa.Column("thing_id", sa.Integer(), nullable=True),
-        sa.CheckConstraint(
-            "(group_id IS NULL) <> (thing_id IS NULL)", name="ck_policy_attachments_one_target"
-        ),
+        sa.CheckConstraint("(group_id IS NULL) <> (thing_id IS NULL)", name="ck_policy_attachments_one_target"),
         sa.ForeignKeyConstraint(["group_id"], ["thing_groups.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["policy_id"], ["policies.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["thing_id"], ["things.id"], ondelete="CASCADE"),
