@@ -33,5 +33,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # amqtt logs every packet at INFO; keep it to warnings unless asked.
     if level.upper() != "DEBUG":
-        for noisy in ("amqtt", "transitions", "uvicorn.error"):
+        for noisy in ("amqtt", "transitions", "uvicorn.error", "alembic", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -125,18 +125,16 @@ def who_can(action: str, topic: str, data_dir: DataDir = None, as_json: JsonFlag
     result = _engine(data_dir).who_can(_check_action(action), topic).to_dict()
 
     def human() -> None:
-        things = result.get("things", [])
-        console.print(f"{len(things)} thing(s) may {action} {topic}")
+        if result.get("problem"):
+            console.print(f"[red]{result['problem']}[/]")
+        console.print(f"{result['count']} thing(s) may {action} {topic}")
         table = Table("thing", "granted by")
-        for entry in things:
-            grants = entry.get("via") or entry.get("statements") or []
-            table.add_row(
-                entry["name"],
-                "; ".join(f"{g.get('policy')} @ {g.get('attached_to')}" for g in grants),
-            )
+        for entry in result["things"]:
+            grants = "; ".join(f"{g['policy']}#{g['sid']} @ {g['attached_to']}" for g in entry["statements"])
+            table.add_row(entry["thing"], grants)
         console.print(table)
-        if result.get("groups"):
-            console.print("groups: " + ", ".join(str(g) for g in result["groups"]))
+        if result["groups"]:
+            console.print("through groups: " + ", ".join(result["groups"]))
 
     emit(as_json, result, human)
 
