@@ -14,7 +14,9 @@ def test_demo_runs_the_journey_and_shows_the_refused_read(tmp_path: Path) -> Non
     data_dir = tmp_path / "demo"
     result = subprocess.run(
         [*THINGWARD, "demo", "--data-dir", str(data_dir), "--duration", "6", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -32,6 +34,8 @@ def test_demo_runs_the_journey_and_shows_the_refused_read(tmp_path: Path) -> Non
     # A second run reuses the demo data dir and its enrolled cameras.
     again = subprocess.run(
         [*THINGWARD, "demo", "--data-dir", str(data_dir), "--duration", "2", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.returncode == 0, again.stderr

@@ -33,7 +33,11 @@ def cli(data_dir: Path, *args: str, check: bool = True) -> dict:
     )
     if check and result.returncode != 0:
         raise AssertionError(f"thingward {' '.join(args)} failed: {result.stderr}")
-    return {"returncode": result.returncode, "stderr": result.stderr, **json.loads(result.stdout.strip().splitlines()[-1])}
+    return {
+        "returncode": result.returncode,
+        "stderr": result.stderr,
+        **json.loads(result.stdout.strip().splitlines()[-1]),
+    }
 
 
 @dataclass
@@ -49,7 +53,9 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("journey") / "data"
-    result = subprocess.run([*THINGWARD, "init", "--data-dir", str(data_dir), "--json"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*THINGWARD, "init", "--data-dir", str(data_dir), "--json"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ca_certificate"].endswith("ca.crt")
     process = subprocess.Popen(
@@ -92,9 +98,23 @@ def enroll(served: Served, name: str, tmp_path: Path) -> Path:
     assert added["name"] == name and added["enrollment_token"].startswith(f"{name}.")
     out = tmp_path / name
     enrolled = subprocess.run(
-        [*THINGWARD, "device", "enroll", "--api", served.api, "--token", added["enrollment_token"],
-         "--ca-certificate", str(served.ca), "--out", str(out), "--json"],
-        capture_output=True, text=True, timeout=60,
+        [
+            *THINGWARD,
+            "device",
+            "enroll",
+            "--api",
+            served.api,
+            "--token",
+            added["enrollment_token"],
+            "--ca-certificate",
+            str(served.ca),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert enrolled.returncode == 0, enrolled.stderr
     body = json.loads(enrolled.stdout)
@@ -154,16 +174,41 @@ def test_mosquitto_clients_with_device_certificate(served: Served, tmp_path: Pat
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto-clients not installed")
     directory = enroll(served, "cam-mosq", tmp_path)
-    common = ["-h", served.mqtt_host, "-p", str(served.mqtt_port), "--cafile", str(directory / "ca.crt"), "-i", "cam-mosq"]
+    common = [
+        "-h",
+        served.mqtt_host,
+        "-p",
+        str(served.mqtt_port),
+        "--cafile",
+        str(directory / "ca.crt"),
+        "-i",
+        "cam-mosq",
+    ]
     ok = subprocess.run(
-        ["mosquitto_pub", *common, "--cert", str(directory / "device.crt"), "--key", str(directory / "device.key"),
-         "-t", "things/cam-mosq/telemetry", "-m", '{"via":"mosquitto_pub"}', "-q", "1"],
-        capture_output=True, text=True, timeout=20,
+        [
+            "mosquitto_pub",
+            *common,
+            "--cert",
+            str(directory / "device.crt"),
+            "--key",
+            str(directory / "device.key"),
+            "-t",
+            "things/cam-mosq/telemetry",
+            "-m",
+            '{"via":"mosquitto_pub"}',
+            "-q",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert ok.returncode == 0, ok.stderr
     no_cert = subprocess.run(
         ["mosquitto_pub", *common, "-t", "things/cam-mosq/telemetry", "-m", "x", "-q", "1"],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert no_cert.returncode != 0
     assert wait_for(lambda: stored_count(served, "cam-mosq") == 1, 10)
@@ -177,7 +222,9 @@ def test_device_cannot_read_another_devices_topics(served: Served, tmp_path: Pat
     granted: list[list[bool]] = []
     subscribed = threading.Event()
     spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-spy")
-    spy.tls_set(ca_certs=str(spy_dir / "ca.crt"), certfile=str(spy_dir / "device.crt"), keyfile=str(spy_dir / "device.key"))
+    spy.tls_set(
+        ca_certs=str(spy_dir / "ca.crt"), certfile=str(spy_dir / "device.crt"), keyfile=str(spy_dir / "device.key")
+    )
     spy.on_message = lambda _c, _u, msg: received.append(msg.topic)
 
     def on_subscribe(_c, _u, _mid, codes, _p) -> None:
@@ -209,8 +256,12 @@ def test_device_cannot_read_another_devices_topics(served: Served, tmp_path: Pat
 def test_client_id_other_than_certificate_refused(served: Served, tmp_path: Path) -> None:
     directory = enroll(served, "cam-id", tmp_path)
     impostor = Device(
-        "cam-someone-else", directory / "device.crt", directory / "device.key", directory / "ca.crt",
-        host=served.mqtt_host, port=served.mqtt_port,
+        "cam-someone-else",
+        directory / "device.crt",
+        directory / "device.key",
+        directory / "ca.crt",
+        host=served.mqtt_host,
+        port=served.mqtt_port,
     )
     with pytest.raises(DeviceConnectError):
         impostor.connect(timeout=5)
@@ -260,7 +311,9 @@ def test_metrics_and_openapi_are_served(served: Served) -> None:
 def test_cli_errors_are_one_line_and_json(served: Served) -> None:
     result = subprocess.run(
         [*THINGWARD, "device", "revoke", "no-such-cam", "--data-dir", str(served.data_dir), "--json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert json.loads(result.stdout) == {"error": "no thing named 'no-such-cam': see 'thingward device list'"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import ssl
@@ -111,7 +112,9 @@ def test_rsa_1024_refused_with_reason_and_token_kept(api) -> None:
     assert good.status_code == 201
 
 
-@pytest.mark.parametrize("csr", ["not a csr", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"])
+@pytest.mark.parametrize(
+    "csr", ["not a csr", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"]
+)
 def test_malformed_csr_is_400_with_message(api, csr: str) -> None:
     token = _add(api.platform, "cam1")
     response = _post(api, token, csr)
@@ -137,7 +140,9 @@ def test_device_cli_error_for_malformed_csr_is_invalid_input(api, tmp_path: Path
 
 def test_oversized_body_refused_before_reading(api) -> None:
     with httpx.Client(verify=server_context(api.platform.ca_certificate_path), timeout=10) as client:
-        response = client.post(f"{api.url}/api/v1/enroll", content=b"x" * 200_000, headers={"content-type": "application/json"})
+        response = client.post(
+            f"{api.url}/api/v1/enroll", content=b"x" * 200_000, headers={"content-type": "application/json"}
+        )
     assert response.status_code == 413
 
 
@@ -163,13 +168,10 @@ def test_api_serves_only_tls_1_2_or_newer(api) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         context.maximum_version = ssl.TLSVersion.TLSv1_1
         context.minimum_version = ssl.TLSVersion.TLSv1
-    try:
+    with contextlib.suppress(ssl.SSLError):
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    except ssl.SSLError:
-        pass
-    with pytest.raises((ssl.SSLError, httpx.ConnectError)):
-        with httpx.Client(verify=context, timeout=5) as client:
-            client.get(f"{api.url}/api/v1/health")
+    with pytest.raises((ssl.SSLError, httpx.ConnectError)), httpx.Client(verify=context, timeout=5) as client:
+        client.get(f"{api.url}/api/v1/health")
 
 
 def test_https_floor_is_set_in_code_not_left_to_system_policy(api) -> None:

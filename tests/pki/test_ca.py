@@ -19,7 +19,9 @@ from thingward.pki.keystore import FileKeyStore, build_csr_with_key
 
 
 def _csr(key: object, cn: str | None = "cam1") -> bytes:
-    names = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]
+    names = (
+        [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]
+    )
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
@@ -92,7 +94,11 @@ def test_csr_with_forged_signature_refused() -> None:
     good = x509.load_pem_x509_csr(_csr(ec.generate_private_key(ec.SECP256R1())))
     der = bytearray(good.public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0x01  # flip a bit inside the signature
-    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + __import__("base64").encodebytes(bytes(der)) + b"-----END CERTIFICATE REQUEST-----\n"
+    pem = (
+        b"-----BEGIN CERTIFICATE REQUEST-----\n"
+        + __import__("base64").encodebytes(bytes(der))
+        + b"-----END CERTIFICATE REQUEST-----\n"
+    )
     with pytest.raises(CsrError):
         parse_device_csr(pem, "cam1")
 

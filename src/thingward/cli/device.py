@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -139,7 +139,7 @@ def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """List devices with their groups, status and last message time."""
     platform = open_platform(data_dir)
     with platform.db.read() as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": t.name,
                 "groups": sorted(g.name for g in t.groups),
@@ -213,7 +213,7 @@ def messages(
     platform = open_platform(data_dir)
     with platform.db.read() as session:
         thing = things.get_thing(session, name)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "received_at": m.received_at.isoformat(),
                 "topic": m.topic,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -95,7 +95,7 @@ def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         attached: dict[int, list[str]] = {}
         for attachment in session.query(PolicyAttachment).filter(PolicyAttachment.group_id.is_not(None)):
             attached.setdefault(attachment.group_id or 0, []).append(attachment.policy.name)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": g.name,
                 "parent": g.parent.name if g.parent else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -59,7 +59,7 @@ def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """List policies."""
     platform = open_platform(data_dir)
     with platform.db.read() as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"name": p.name, "version": p.version, "updated_at": p.updated_at.isoformat()}
             for p in policies.list_policies(session)
         ]
@@ -150,7 +150,7 @@ def lint(
     platform = open_platform(data_dir)
     with platform.db.read() as session:
         findings = lint_world(policies.load_policy_world(session))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "code": f.code,
             "severity": f.severity,

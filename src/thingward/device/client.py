@@ -108,7 +108,7 @@ class Device:
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self.on_command is not None:
             try:
-                self.on_command(message.topic, message.payload)
+                self.on_command(message.topic, bytes(message.payload))
             except Exception:
                 logger.exception("device %s: command handler failed", self.name)
 

@@ -194,7 +194,7 @@ def issue_device_certificate(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, thing_name)]))
         .issuer_name(ca.name)
-        .public_key(public_key)  # type: ignore[arg-type]
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + validity, ca.certificate.not_valid_after_utc))

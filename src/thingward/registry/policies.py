@@ -71,13 +71,12 @@ def attach_policy(
     policy = get_policy(session, policy_name)
     target_group = get_group(session, group) if group else None
     target_thing = get_thing(session, thing) if thing else None
+    query = select(PolicyAttachment.id).where(PolicyAttachment.policy_id == policy.id)
     if target_group is not None:
-        same_target = PolicyAttachment.group_id == target_group.id
-    else:
-        same_target = PolicyAttachment.thing_id == target_thing.id  # type: ignore[union-attr]
-    exists = session.execute(
-        select(PolicyAttachment.id).where(PolicyAttachment.policy_id == policy.id, same_target)
-    ).first()
+        query = query.where(PolicyAttachment.group_id == target_group.id)
+    elif target_thing is not None:
+        query = query.where(PolicyAttachment.thing_id == target_thing.id)
+    exists = session.execute(query).first()
     target = f"group:{group}" if group else f"thing:{thing}"
     if exists:
         raise ConflictError(f"policy {policy_name!r} is attached to {target} already")
