@@ -337,3 +337,20 @@ def test_plaintext_connection_to_tls_port_refused(served: Served) -> None:
         client.disconnect()
     assert refused
     assert os.environ.get("THINGWARD_MQTT__PLAINTEXT_PORT") is None
+
+
+def test_simulate_enrolls_and_runs_n_cameras(served: Served) -> None:
+    result = subprocess.run(
+        [
+            *THINGWARD, "simulate", "--devices", "3", "--duration", "3", "--prefix", "simcam",
+            "--api", served.api, "--mqtt", f"mqtts://{served.mqtt_host}:{served.mqtt_port}",
+            "--data-dir", str(served.data_dir), "--json",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    cameras = json.loads(result.stdout.strip().splitlines()[-1])["cameras"]
+    assert sorted(cameras) == ["simcam-1", "simcam-2", "simcam-3"]
+    for stats in cameras.values():
+        assert stats["telemetry_sent"] >= 1
+        assert stats["stored"] == stats["telemetry_sent"] + stats["events_sent"]

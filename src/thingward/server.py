@@ -113,10 +113,22 @@ class ThingwardServer:
             plaintext_port=settings.mqtt.plaintext_port,
         )
         self.metrics.registry.register(_ServerCollector(self))
-        app = create_app(platform, self.metrics)
+        app = create_app(platform, self.metrics, after_enroll=self._sync_from_thread)
         self._http = https_server(app, host, http_port, platform.server_certificate_path, platform.server_key_path)
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._apply_lock = asyncio.Lock()
         self._crl_written_at = dt.datetime.now(dt.UTC)
+
+    def _sync_from_thread(self) -> None:
+        """Called by API handlers in the thread pool: apply registry changes on the loop and wait for it."""
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.apply_changes(), self._loop)
+        try:
+            future.result(timeout=10)
+        except Exception:
+            logger.exception("applying registry changes after an enrollment failed; the watcher will retry")
 
     @property
     def http_port(self) -> int:
@@ -134,6 +146,7 @@ class ThingwardServer:
         )
 
     async def start(self) -> Endpoints:
+        self._loop = asyncio.get_running_loop()
         # A CRL left from a long stop may be past its next update, and OpenSSL refuses every client then.
         await asyncio.to_thread(self.platform.write_crl)
         self._crl_written_at = dt.datetime.now(dt.UTC)
@@ -172,6 +185,10 @@ class ThingwardServer:
 
     async def apply_changes(self, force: bool = False) -> None:
         """Bring the data plane in line with the registry when it changed since the last look."""
+        async with self._apply_lock:
+            await self._apply_changes(force)
+
+    async def _apply_changes(self, force: bool) -> None:
         now = dt.datetime.now(dt.UTC)
         if now - self._crl_written_at > CRL_REFRESH:
             await asyncio.to_thread(self.platform.write_crl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,7 +68,10 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def create_app(platform: Platform, metrics: Metrics | None = None) -> FastAPI:
+def create_app(
+    platform: Platform, metrics: Metrics | None = None, after_enroll: Callable[[], None] | None = None
+) -> FastAPI:
+    """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects."""
     metrics = metrics or Metrics()
     throttle = FailureThrottle()
     app = FastAPI(
@@ -121,6 +125,8 @@ def create_app(platform: Platform, metrics: Metrics | None = None) -> FastAPI:
             logger.info("enrollment from %s refused: %s", client, getattr(e, "reason", "") or e)
             raise
         metrics.enrollments.labels("issued").inc()
+        if after_enroll is not None:
+            after_enroll()
         logger.info("enrolled thing %s from %s", result.thing, client)
         return EnrollResponse(
             name=result.thing,

@@ -7,7 +7,6 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,13 +102,9 @@ def _run_cameras(
     log: EventLog,
     stop: threading.Event,
     with_attack: bool,
-    sync_server: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     parsed = urlsplit(mqtt_url)
     dirs = provision_cameras(platform, api, names)
-    if sync_server is not None:
-        # The server notices registry changes within 0.25 s; the demo connects at once, so it asks.
-        sync_server()
     for name in names:
         log.add(f"{name}: key made on the device, CSR sent, certificate issued")
     cameras = [
@@ -191,9 +186,6 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
     )
     log = EventLog()
 
-    def sync_server() -> None:
-        asyncio.run_coroutine_threadsafe(server.apply_changes(force=True), loop).result(timeout=30)
-
     try:
         result = await asyncio.to_thread(
             _run_cameras,
@@ -207,7 +199,6 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
             log,
             stop,
             True,
-            sync_server,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
