@@ -53,6 +53,48 @@ def update(name: str, file: Path, data_dir: DataDir = None, as_json: JsonFlag = 
     emit(as_json, {"name": name, "version": policy.version})
 
 
+def _one_target(group: str | None, thing: str | None) -> tuple[str | None, str | None]:
+    if (group is None) == (thing is None):
+        raise InvalidInputError("name exactly one of --group or --thing")
+    return group, thing
+
+
+@app.command("attach")
+@handle_errors
+def attach(
+    name: str,
+    group: Annotated[str | None, typer.Option("--group", help="Attach to this group (the normal way).")] = None,
+    thing: Annotated[
+        str | None, typer.Option("--thing", help="Attach to a single thing (possible; 'policy lint' reports it).")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Attach a policy to a group, or (discouraged) to a single thing."""
+    group, thing = _one_target(group, thing)
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        policies.attach_policy(session, cli_actor(), name, group=group, thing=thing)
+    emit(as_json, {"policy": name, "group": group, "thing": thing, "attached": True})
+
+
+@app.command("detach")
+@handle_errors
+def detach(
+    name: str,
+    group: Annotated[str | None, typer.Option("--group", help="Detach from this group.")] = None,
+    thing: Annotated[str | None, typer.Option("--thing", help="Detach from this thing.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Detach a policy from a group or a thing."""
+    group, thing = _one_target(group, thing)
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        policies.detach_policy(session, cli_actor(), name, group=group, thing=thing)
+    emit(as_json, {"policy": name, "group": group, "thing": thing, "attached": False})
+
+
 @app.command("list")
 @handle_errors
 def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
