@@ -37,6 +37,8 @@ class MqttSettings:
     max_connects_per_minute: int = 30
     # Messages per second one identity may publish (a token bucket of this size, refilled per second).
     max_publish_per_second: int = 1000
+    # Open MQTT connections at once, all devices together.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ port = 8883
 max_payload_bytes = 262144
 max_connects_per_minute = 30
 max_publish_per_second = 1000
+max_connections = 10000
 
 [pki]
 device_certificate_days = 90

@@ -69,6 +69,11 @@ class _ServerCollector(Collector):
             value=len(self._server.broker.connected_things()),
         )
         yield CounterMetricFamily(
+            "thingward_mqtt_refused_over_capacity",
+            "MQTT connections closed because max_connections were open",
+            value=self._server.broker.refused_over_capacity,
+        )
+        yield CounterMetricFamily(
             "thingward_messages_stored",
             "Telemetry and event messages stored",
             value=self._server.writer.stored,
@@ -107,6 +112,7 @@ class ThingwardServer:
                 max_payload_bytes=settings.mqtt.max_payload_bytes,
                 max_connects_per_minute=settings.mqtt.max_connects_per_minute,
                 max_publish_per_second=settings.mqtt.max_publish_per_second,
+                max_connections=settings.mqtt.max_connections,
             ),
             authorizer=self.engine,
             on_message=self.writer,

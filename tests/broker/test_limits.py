@@ -60,3 +60,15 @@ def test_publish_rate_over_the_limit_dropped(broker_factory: Any, pki: Any, onli
     # A burst of 5 plus what refills while 30 QoS 1 round trips take on loopback (well under 2 s).
     assert 5 <= accepted <= 15, accepted
     assert core.denials[("cam1", "publish")] == sent - accepted
+
+
+def test_connections_over_the_global_cap_closed_at_once(broker_factory: Any, pki: Any, device: Any) -> None:
+    broker = broker_factory(limits=BrokerLimits(max_connections=2))
+    first = device(pki.device("cam1"), broker.port)
+    second = device(pki.device("cam2"), broker.port)
+    assert first.connect().accepted and second.connect().accepted
+    assert not device(pki.device("cam3"), broker.port).connect().accepted
+    assert broker.broker.refused_over_capacity == 1
+    first.close()
+    assert broker.wait_until(lambda: broker.broker.open_connections == 1)
+    assert device(pki.device("cam3"), broker.port).connect().accepted

@@ -36,6 +36,8 @@ class BrokerLimits:
     max_payload_bytes: int = 256 * 1024
     max_connects_per_minute: int = 30
     max_publish_per_second: int = 1000
+    # Open connections at once, all identities together; past it a new connection is closed at once.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,15 @@ class EmbeddedBroker:
         on_message: MessageSink | None = None,
         plaintext_port: int | None = None,
     ) -> None:
-        if limits.max_payload_bytes < 1 or limits.max_connects_per_minute < 1 or limits.max_publish_per_second < 1:
+        if (
+            min(
+                limits.max_payload_bytes,
+                limits.max_connects_per_minute,
+                limits.max_publish_per_second,
+                limits.max_connections,
+            )
+            < 1
+        ):
             raise ConfigError(f"broker limits must all be positive: {limits}")
         self._host = host
         self._requested_port = port
@@ -143,6 +151,7 @@ class EmbeddedBroker:
         self._on_message = on_message
         self._plaintext_port_requested = plaintext_port
         self.denials: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.refused_over_capacity = 0
         self._connect_limiter = ConnectRateLimiter(limits.max_connects_per_minute)
         self._publish_limiter = PublishRateLimiter(limits.max_publish_per_second)
         self._throttle_logged: dict[str, float] = {}
@@ -307,6 +316,10 @@ class EmbeddedBroker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._anonymous) + sum(len(group) for group in self._connections.values())
+
     def _all_connections(self) -> list[_Connection]:
         conns = list(self._anonymous)
         for group in self._connections.values():
@@ -330,6 +343,16 @@ class EmbeddedBroker:
     async def _serve_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track_current_task()
         conn = _Connection(writer)
+        if self.open_connections >= self._limits.max_connections:
+            self.refused_over_capacity += 1
+            if self.refused_over_capacity % 100 == 1:
+                logger.warning(
+                    "refusing connection from %s: %d connections open, the limit (max_connections)",
+                    conn.peer,
+                    self._limits.max_connections,
+                )
+            conn.abort()
+            return
         self._anonymous.add(conn)
         try:
             await self._serve_identified(conn, reader, writer)

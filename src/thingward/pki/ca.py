@@ -52,9 +52,9 @@ def utcnow() -> dt.datetime:
 def _key_identifiers(
     builder: x509.CertificateBuilder, public_key: ec.EllipticCurvePublicKey, ca: CertificateAuthority
 ) -> x509.CertificateBuilder:
-    return builder.add_extension(
-        x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
-    ).add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    return builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+    )
 
 
 def build_root_ca(common_name: str, now: dt.datetime | None = None) -> CertificateAuthority:
@@ -103,9 +103,7 @@ def _encryption(passphrase: bytes | None) -> serialization.KeySerializationEncry
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
-    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase))
 
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
@@ -132,9 +130,7 @@ def load_ca(pki_dir: Path, passphrase: bytes | None = None) -> CertificateAuthor
         raise PkiError(f"no CA in {pki_dir}: run 'thingward init' first ({e.filename} is missing)") from e
     encrypted = b"ENCRYPTED" in key_pem
     if encrypted and not passphrase:
-        raise PkiError(
-            "the CA key is encrypted: set the environment variable named by [pki] ca_passphrase_env"
-        )
+        raise PkiError("the CA key is encrypted: set the environment variable named by [pki] ca_passphrase_env")
     try:
         key = serialization.load_pem_private_key(key_pem, passphrase if encrypted else None)
     except (ValueError, TypeError) as e:
@@ -253,9 +249,7 @@ def thing_name_from_certificate(cert: x509.Certificate) -> str | None:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    uris = [
-        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(THING_URI_PREFIX)
-    ]
+    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(THING_URI_PREFIX)]
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(uris) != 1 or len(cns) != 1:
         return None

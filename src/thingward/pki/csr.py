@@ -57,9 +57,7 @@ def parse_device_csr(pem: bytes | str, expected_name: str | None = None) -> x509
     if len(data) > MAX_CSR_BYTES:
         raise CsrError(f"CSR is {len(data)} bytes, more than the {MAX_CSR_BYTES} allowed")
     if b"-----BEGIN CERTIFICATE REQUEST-----" not in data:
-        raise CsrError(
-            "not a PEM certificate signing request: expected '-----BEGIN CERTIFICATE REQUEST-----'"
-        )
+        raise CsrError("not a PEM certificate signing request: expected '-----BEGIN CERTIFICATE REQUEST-----'")
     try:
         csr = x509.load_pem_x509_csr(data)
     except ValueError as e:

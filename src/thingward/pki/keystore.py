@@ -70,9 +70,7 @@ class FileKeyStore:
     def _load(self) -> ec.EllipticCurvePrivateKey:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)
         if mode & 0o077:
-            raise PkiError(
-                f"{self.path} has mode {mode:o}: a private key must be readable by its owner only (0600)"
-            )
+            raise PkiError(f"{self.path} has mode {mode:o}: a private key must be readable by its owner only (0600)")
         key = serialization.load_pem_private_key(self.path.read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PkiError(f"{self.path} does not hold an EC private key")

@@ -97,8 +97,7 @@ def _split_attributes(part: str, separator: str, where: str, uri_for_errors: str
         name, equals, raw_value = item.partition("=")
         if not equals or not name:
             raise PkiError(
-                f"malformed pkcs11 URI {uri_for_errors!r}: "
-                f"{where} item {_redact_pin(item)!r} is not name=value"
+                f"malformed pkcs11 URI {uri_for_errors!r}: {where} item {_redact_pin(item)!r} is not name=value"
             )
         if name in attributes:
             raise PkiError(f"malformed pkcs11 URI {uri_for_errors!r}: attribute {name!r} appears twice")
@@ -109,9 +108,7 @@ def _split_attributes(part: str, separator: str, where: str, uri_for_errors: str
                 f"malformed pkcs11 URI {uri_for_errors!r}: attribute {name!r} is not percent-encoded UTF-8"
             ) from e
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise PkiError(
-                f"malformed pkcs11 URI {uri_for_errors!r}: attribute {name!r} has control characters"
-            )
+            raise PkiError(f"malformed pkcs11 URI {uri_for_errors!r}: attribute {name!r} has control characters")
         attributes[name] = value
     return attributes
 
@@ -156,8 +153,7 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
     module_path = query.get("module-path")
     if not module_path:
         raise PkiError(
-            f"pkcs11 URI {shown!r} does not name the PKCS#11 module: "
-            "add ?module-path=/absolute/path/to/module.so"
+            f"pkcs11 URI {shown!r} does not name the PKCS#11 module: add ?module-path=/absolute/path/to/module.so"
         )
     if not Path(module_path).is_absolute():
         raise PkiError(f"pkcs11 URI {shown!r}: module-path must be an absolute path (RFC 7512)")
@@ -189,9 +185,7 @@ class Pkcs11KeyStore:
     and closes it before returning.
     """
 
-    def __init__(
-        self, module_path: str, token_label: str, pin: str, key_label: str = DEFAULT_KEY_LABEL
-    ) -> None:
+    def __init__(self, module_path: str, token_label: str, pin: str, key_label: str = DEFAULT_KEY_LABEL) -> None:
         if not module_path:
             raise PkiError("a PKCS#11 module path is required")
         if not token_label or len(token_label.encode()) > MAX_TOKEN_LABEL_BYTES:
@@ -255,9 +249,7 @@ class Pkcs11KeyStore:
     @staticmethod
     def _token_labels(lib: Any) -> list[str]:
         try:
-            return sorted(
-                str(token.label) for token in lib.get_tokens() if TokenFlag.TOKEN_INITIALIZED in token.flags
-            )
+            return sorted(str(token.label) for token in lib.get_tokens() if TokenFlag.TOKEN_INITIALIZED in token.flags)
         except PKCS11Error:
             return []
 
@@ -281,9 +273,7 @@ class Pkcs11KeyStore:
                     "the security officer must unlock it"
                 ) from e
             except PinExpired as e:
-                raise PkiError(
-                    f"PKCS#11 login failed: the user PIN of token {self.token_label!r} expired"
-                ) from e
+                raise PkiError(f"PKCS#11 login failed: the user PIN of token {self.token_label!r} expired") from e
             except UserPinNotInitialized as e:
                 raise PkiError(f"token {self.token_label!r} has no user PIN set: initialise it first") from e
             except PKCS11Error as e:
@@ -325,8 +315,7 @@ class Pkcs11KeyStore:
         key = self._find_key(session, ObjectClass.PRIVATE_KEY)
         if key is None:
             raise PkiError(
-                f"token {self.token_label!r} has no EC private key labelled {self.key_label!r}: "
-                "run generate_key first"
+                f"token {self.token_label!r} has no EC private key labelled {self.key_label!r}: run generate_key first"
             )
         return key
 
@@ -334,8 +323,7 @@ class Pkcs11KeyStore:
         key = self._find_key(session, ObjectClass.PUBLIC_KEY)
         if key is None:
             raise PkiError(
-                f"token {self.token_label!r} has no EC public key labelled {self.key_label!r}: "
-                "run generate_key first"
+                f"token {self.token_label!r} has no EC public key labelled {self.key_label!r}: run generate_key first"
             )
         if bytes(key[Attribute.EC_PARAMS]) != _P256_EC_PARAMS:
             raise PkiError(f"key {self.key_label!r} in token {self.token_label!r} is not on curve P-256")
@@ -419,9 +407,7 @@ class Pkcs11KeyStore:
         """A PEM CSR for CN=`common_name` carrying the token's public key, signed by the token."""
         with self._session() as session:
             public_key = self._read_public_key(session)
-            spki = public_key.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
             info = asn1_csr.CertificationRequestInfo(
                 {
                     "version": "v1",
