@@ -53,7 +53,9 @@ def store_messages(session: Session, messages: Sequence[StoredMessage], retentio
     if not messages:
         return 0
     names = sorted({m.thing for m in messages})
-    ids = dict(session.execute(select(Thing.name, Thing.id).where(Thing.name.in_(names))).tuples().all())
+    ids: dict[str, int] = {
+        name: tid for name, tid in session.execute(select(Thing.name, Thing.id).where(Thing.name.in_(names)))
+    }
     rows = [
         Message(
             thing_id=ids[m.thing],
