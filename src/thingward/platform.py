@@ -9,6 +9,7 @@ import datetime as dt
 import getpass
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,23 @@ from thingward.registry.db import Database, upgrade_database
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLICY_NAME = "default-device"
+AUDIT_KEY_FILE = "audit.key"
+
+
+def _load_audit_key(data_dir: Path) -> bytes:
+    path = data_dir / AUDIT_KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path} is missing: the audit log cannot be written or verified without it") from e
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds {len(key)} bytes; an audit key has 32")
+    return key
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty file that only the owner can read, before anything (SQLite) opens it."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def cli_actor() -> Actor:
@@ -63,7 +81,9 @@ def init_data_dir(
     passphrase = _ca_passphrase(ca_passphrase_env)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)
-    write_atomic(root / CONFIG_FILE, render_default_config(hostnames, ca_passphrase_env).encode())
+    # The config may come to hold a database URL with a password: owner-only, like the keys.
+    write_secret(root / CONFIG_FILE, render_default_config(hostnames, ca_passphrase_env).encode())
+    write_secret(root / AUDIT_KEY_FILE, secrets.token_bytes(32))
     settings = load_settings(root)
     pki_dir = settings.pki_dir
     authority = ca_mod.create_ca(pki_dir, f"thingward root CA {socket.gethostname()}", passphrase)
@@ -71,7 +91,9 @@ def init_data_dir(
     write_secret(pki_dir / ca_mod.SERVER_KEY_FILE, ca_mod.private_key_pem(key))
     write_atomic(pki_dir / ca_mod.SERVER_CERT_FILE, ca_mod.certificate_pem(cert))
     write_atomic(pki_dir / ca_mod.CRL_FILE, ca_mod.crl_pem(ca_mod.build_crl(authority, [])))
-    db = Database(settings.database_url)
+    if settings.database_url == f"sqlite:///{root / 'thingward.db'}":
+        _create_private_file(root / "thingward.db")
+    db = Database(settings.database_url, _load_audit_key(root))
     try:
         upgrade_database(db.engine)
         actor = cli_actor()
@@ -99,7 +121,7 @@ class Platform:
                 f"{settings.data_dir} is not a thingward data dir: run 'thingward init --data-dir {settings.data_dir}'"
             )
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, _load_audit_key(settings.data_dir))
 
     @classmethod
     def open(cls, data_dir: str | Path | None = None) -> Platform:

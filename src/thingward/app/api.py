@@ -49,9 +49,17 @@ class ErrorResponse(BaseModel):
 
 
 class BodySizeLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the limit before reading them (Content-Length), fail closed on chunked bodies."""
+    """Refuse bodies over the limit before reading them.
+
+    Only a Content-Length body is accepted: with Transfer-Encoding the HTTP parser would follow the chunks
+    and Content-Length would be a lie, so any Transfer-Encoding header is refused outright.
+    """
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if "transfer-encoding" in request.headers:
+            return JSONResponse(
+                {"error": "Transfer-Encoding is not accepted: send the body with a Content-Length"}, status_code=411
+            )
         if request.method in {"POST", "PUT", "PATCH"}:
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
@@ -78,7 +86,7 @@ def create_app(
         title="thingward",
         version=__version__,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # the interactive page loads scripts from a CDN; the schema is enough
         redoc_url=None,
     )
     app.add_middleware(BodySizeLimit)
@@ -111,7 +119,8 @@ def create_app(
     def enroll(body: EnrollRequest, request: Request) -> Any:
         """Exchange a one-time token and a CSR for a device certificate. The private key never travels."""
         client = _client(request)
-        if throttle.blocked(client):
+        ticket = throttle.try_acquire(client)
+        if ticket is None:
             metrics.enrollments.labels("throttled").inc()
             return JSONResponse(
                 {"error": "too many failed enrollment attempts from this address: wait and try again"},
@@ -120,10 +129,10 @@ def create_app(
         try:
             result = platform.enroll(body.token, body.csr, source=f"ip:{client}")
         except (EnrollmentRefusedError, InvalidInputError) as e:
-            throttle.record_failure(client)
             metrics.enrollments.labels("refused" if isinstance(e, EnrollmentRefusedError) else "bad_csr").inc()
             logger.info("enrollment from %s refused: %s", client, getattr(e, "reason", "") or e)
             raise
+        throttle.release(client, ticket)
         metrics.enrollments.labels("issued").inc()
         if after_enroll is not None:
             after_enroll()

@@ -1,12 +1,67 @@
-"""The HTTPS listener: uvicorn with the platform's server certificate and TLS 1.2 as the floor, set in code."""
+"""The HTTPS listener: uvicorn with the platform's server certificate, and the limits a public endpoint needs.
+
+Set in code rather than left to defaults or the environment:
+- TLS 1.2 as the floor;
+- a deadline for each request: a client that does not finish sending its request within
+  `REQUEST_DEADLINE` seconds is cut off (uvicorn alone would hold a half-sent request for ever);
+- a cap on concurrent connections;
+- no proxy headers: `X-Forwarded-For` from anyone, loopback included, is not believed, so it can neither
+  dodge the per-address throttle nor choose the source written to the audit log.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+REQUEST_DEADLINE = 15.0
+MAX_CONNECTIONS = 1000
+KEEP_ALIVE = 5
+
+_CLIENT_FINISHED = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline from the start of each request to its last byte."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
+        self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._deadline_passed)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.conn.their_state not in _CLIENT_FINISHED and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_deadline()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state in _CLIENT_FINISHED:
+            self._cancel_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_deadline()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
 
 
 def https_server(app: FastAPI, host: str, port: int, cert_file: Path, key_file: Path) -> uvicorn.Server:
@@ -16,6 +71,10 @@ def https_server(app: FastAPI, host: str, port: int, cert_file: Path, key_file: 
         port=port,
         ssl_certfile=str(cert_file),
         ssl_keyfile=str(key_file),
+        http=DeadlineH11Protocol,
+        proxy_headers=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=KEEP_ALIVE,
         log_config=None,
         access_log=False,
         lifespan="off",

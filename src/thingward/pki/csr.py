@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
@@ -65,10 +66,12 @@ def parse_device_csr(pem: bytes | str, expected_name: str | None = None) -> x509
     try:
         signature_ok = csr.is_signature_valid
         key = csr.public_key()
+    except UnsupportedAlgorithm as e:
+        raise CsrError(f"CSR uses an unsupported key or signature algorithm ({e}): use an EC P-256 key") from e
     except (ValueError, TypeError) as e:
         raise CsrError(f"CSR has an unsupported or malformed public key ({e})") from e
     if not signature_ok:
-        raise CsrError("CSR signature does not verify: sign the CSR with the key it carries")
+        raise CsrError("CSR signature does not verify: sign the CSR with the key it carries, using SHA-256")
     check_public_key(key)
     cn = csr_common_name(csr)
     if expected_name is not None and cn != expected_name:

@@ -1,13 +1,17 @@
-"""The tamper-evident audit log: every change is an event chained to the one before it by SHA-256.
+"""The tamper-evident audit log: every change is an event chained to the one before it by HMAC-SHA-256.
 
-The database refuses UPDATE and DELETE on the table (triggers from the migration); the hash chain makes
-any edit made around those triggers visible to `verify_audit_chain`.
+The database refuses UPDATE and DELETE on the table and any insert that does not follow the newest event
+(triggers from the migrations). The chain is keyed with a secret kept outside the database (`audit.key`
+in the data dir, 0600), so someone who can write the database file but not read the key cannot forge a
+consistent history; `verify_audit_chain` finds any edit. Dropping the newest events leaves a valid,
+shorter chain: export the chain head elsewhere (`thingward log verify --json` prints it) to catch that.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from thingward.errors import ConfigError
 from thingward.registry.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -32,9 +37,18 @@ class Actor:
 SYSTEM = Actor(name="thingward", source="server")
 
 
-def _event_hash(prev_hash: str, at: dt.datetime, actor: str, source: str, action: str, target: str, detail: str) -> str:
+def _audit_key(session: Session) -> bytes:
+    key = session.info.get("audit_key")
+    if not key:
+        raise ConfigError("no audit log key: open the data dir through thingward.platform.Platform")
+    return bytes(key)
+
+
+def _event_hash(
+    key: bytes, prev_hash: str, at: dt.datetime, actor: str, source: str, action: str, target: str, detail: str
+) -> str:
     body = json.dumps([prev_hash, at.isoformat(), actor, source, action, target, detail], separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
 def record_event(
@@ -53,7 +67,7 @@ def record_event(
         target=target,
         detail=detail_json,
         prev_hash=prev_hash,
-        hash=_event_hash(prev_hash, at, actor.name, actor.source, action, target, detail_json),
+        hash=_event_hash(_audit_key(session), prev_hash, at, actor.name, actor.source, action, target, detail_json),
     )
     session.add(event)
     session.flush()
@@ -73,9 +87,12 @@ def latest_event_id(session: Session) -> int:
 
 def verify_audit_chain(session: Session) -> int | None:
     """The id of the first event whose hash or link is wrong, or None when the whole chain holds."""
+    key = _audit_key(session)
     prev_hash = GENESIS
     for event in session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars():
-        expected = _event_hash(prev_hash, event.at, event.actor, event.source, event.action, event.target, event.detail)
+        expected = _event_hash(
+            key, prev_hash, event.at, event.actor, event.source, event.action, event.target, event.detail
+        )
         if event.prev_hash != prev_hash or event.hash != expected:
             return event.id
         prev_hash = event.hash

@@ -67,7 +67,9 @@ def enroll_device(
         raise EnrollmentRefusedError(REFUSED, reason=f"token of {thing.name} presented for {requested}")
     claimed = session.execute(
         update(EnrollmentToken)
-        .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+        # Re-checked in the UPDATE itself: on PostgreSQL (READ COMMITTED) a revoke or disable may have
+        # voided the token between the SELECT above and here.
+        .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None), EnrollmentToken.expires_at > now)
         .values(used_at=now)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
@@ -120,6 +122,8 @@ def revoke_thing_certificates(session: Session, actor: Actor, name: str, reason:
         cert.revoked_at = now
         cert.revocation_reason = reason
     serials = [c.serial for c in active]
+    # A token handed out before the revocation must not bring the device straight back.
+    _void_unused_tokens(session, thing, now)
     record_event(session, actor, "thing.revoke", f"thing:{name}", {"serials": serials, "reason": reason})
     return serials
 
@@ -131,13 +135,18 @@ def set_thing_disabled(session: Session, actor: Actor, name: str, disabled: bool
     serials: list[str] = []
     if disabled:
         serials = revoke_thing_certificates(session, actor, name, reason="thing disabled")
-        session.execute(
-            update(EnrollmentToken)
-            .where(EnrollmentToken.thing_id == thing.id, EnrollmentToken.used_at.is_(None))
-            .values(expires_at=dt.datetime.now(dt.UTC))
-        )
     record_event(session, actor, "thing.disable" if disabled else "thing.enable", f"thing:{name}", {})
     return serials
+
+
+def _void_unused_tokens(session: Session, thing: Thing, now: dt.datetime) -> None:
+    session.execute(
+        update(EnrollmentToken)
+        .where(
+            EnrollmentToken.thing_id == thing.id, EnrollmentToken.used_at.is_(None), EnrollmentToken.expires_at > now
+        )
+        .values(expires_at=now)
+    )
 
 
 def revoked_serials(session: Session) -> list[tuple[int, dt.datetime]]:

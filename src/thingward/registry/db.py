@@ -19,6 +19,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Without it, INSERT OR REPLACE deletes rows without firing the audit log's DELETE trigger.
+    cursor.execute("PRAGMA recursive_triggers=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
@@ -59,14 +61,15 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
 
 
 class Database:
-    """One engine and its session factory."""
+    """One engine and its session factories. `audit_key` signs the audit log (see `audit_log`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, audit_key: bytes | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        info = {"audit_key": audit_key}
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
         self._read_sessions = sessionmaker(
-            self.engine.execution_options(thingward_read_only=True), expire_on_commit=False
+            self.engine.execution_options(thingward_read_only=True), expire_on_commit=False, info=info
         )
 
     @contextmanager
