@@ -214,6 +214,9 @@ class ThingwardServer:
             await asyncio.to_thread(self.platform.write_crl)
             self.broker.reload_crl()
         self._revoked = revoked
+        # Every newly revoked thing, connected or not: a connection may sit between handshake and CONNECT.
+        for thing in sorted(newly_revoked_things - self.broker.connected_things()):
+            await self.broker.disconnect(thing)
         for thing in sorted(self.broker.connected_things()):
             if thing in newly_revoked_things or not self.engine.authorize(thing, "connect", thing):
                 dropped = await self.broker.disconnect(thing)

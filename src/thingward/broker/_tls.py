@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
 
 
+@dataclass(frozen=True)
+class PeerIdentity:
+    thing: str
+    not_after: dt.datetime
+
+
 class IdentityRefusedError(Exception):
     """The peer certificate of a finished handshake does not give an identity we accept."""
 
@@ -162,6 +168,10 @@ class ServerTls:
         The handshake verified chain and CRL, except on a resumed session; so revocation, validity and
         the name are checked here for every connection. Raises IdentityRefusedError.
         """
+        return self.identify_peer(ssl_object).thing
+
+    def identify_peer(self, ssl_object: ssl.SSLObject | None) -> PeerIdentity:
+        """`identify`, with the certificate's end of validity (a live session must end there)."""
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
             raise IdentityRefusedError("no client certificate")
@@ -178,6 +188,6 @@ class ServerTls:
         if thing is None:
             raise IdentityRefusedError("certificate names no thing")
         try:
-            return validate_name(thing)
+            return PeerIdentity(thing=validate_name(thing), not_after=cert.not_valid_after_utc)
         except InvalidInputError as e:
             raise IdentityRefusedError("certificate names an invalid thing name") from e

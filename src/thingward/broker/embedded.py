@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import logging
 import socket
 import time
@@ -67,6 +68,7 @@ DISCONNECT_TIMEOUT = 1.0  # seconds for disconnect(thing) to see the connections
 CLOSE_TIMEOUT = 1.0  # seconds for a graceful TLS close before the connection is aborted
 STOP_TIMEOUT = 5.0
 THROTTLE_LOG_INTERVAL = 10.0  # seconds between two "over the publish rate" lines for one thing
+MAX_PENDING_PER_THING = 2  # connections of one thing between handshake and admission
 UNKNOWN_THING = "<unknown>"
 PLAINTEXT = "<plaintext>"
 
@@ -372,10 +374,17 @@ class EmbeddedBroker:
         core = self._core
         if server_tls is None or core is None:
             return
+        ssl_object = writer.get_extra_info("ssl_object")
         try:
-            thing = server_tls.identify(writer.get_extra_info("ssl_object"))
+            thing = server_tls.identify(ssl_object)
         except IdentityRefusedError as e:
             self._deny(e.thing or UNKNOWN_THING, "connect", "-", f"{e.reason} (peer {conn.peer})")
+            return
+        pending = sum(1 for c in self._connections.get(thing, ()) if not c.live)
+        if pending >= MAX_PENDING_PER_THING:
+            # Handshakes held open without a CONNECT would let one identity hoard sockets (and keep a
+            # connection ready across a revocation).
+            self._deny(thing, "connect", "-", f"{pending} connections already waiting for CONNECT (peer {conn.peer})")
             return
         self._register(conn, thing)
         framed = FramedReader(
@@ -396,6 +405,13 @@ class EmbeddedBroker:
         except MalformedConnectError as e:
             self._deny(thing, "connect", "-", f"{e} (peer {conn.peer})")
             return
+        try:
+            # Judged again now, against the CRL and clock of this moment: the handshake may be old.
+            identity = server_tls.identify_peer(ssl_object)
+        except IdentityRefusedError as e:
+            self._deny(thing, "connect", request.client_id, f"{e.reason} (peer {conn.peer})")
+            await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
+            return
         refusal = self._admission(thing, request)
         if refusal is not None:
             code, reason = refusal
@@ -407,12 +423,28 @@ class EmbeddedBroker:
         conn.live = True
         logger.info("thing %r connected from %s (clean session %s)", thing, conn.peer, request.clean_session)
         core.admit(thing)
+        expiry = self._end_at_expiry(thing, conn, identity.not_after)
         try:
             await core.external_connected(framed, StreamWriterAdapter(writer), LISTENER_NAME)
         finally:
+            expiry.cancel()
             core.withdraw(thing)
             conn.live = False
             logger.info("thing %r disconnected (%s)", thing, conn.peer)
+
+    def _end_at_expiry(self, thing: str, conn: _Connection, not_after: dt.datetime) -> asyncio.TimerHandle:
+        """Close a live session when its certificate expires: the identity ends there, the socket with it."""
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (not_after - dt.datetime.now(dt.UTC)).total_seconds())
+
+        def expire() -> None:
+            if conn.live:
+                self._deny(thing, "connect", thing, f"certificate expired during the session (peer {conn.peer})")
+                if self._core is not None:
+                    self._core.clear_will(thing)
+                conn.abort()
+
+        return loop.call_later(delay, expire)
 
     def _admission(self, thing: str, request: ConnectRequest) -> tuple[int, str] | None:
         """None if the CONNECT may proceed, else (CONNACK code, reason). Pure apart from the rate limiter."""
