@@ -39,3 +39,7 @@ def test_demo_runs_the_journey_and_shows_the_refused_read(tmp_path: Path) -> Non
         timeout=120,
     )
     assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    for stats in second["cameras"].values():
+        # Counted for this run only, although the data dir holds the first run's messages too.
+        assert stats["stored"] == stats["telemetry_sent"] + stats["events_sent"]

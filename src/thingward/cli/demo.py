@@ -15,13 +15,13 @@ from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from sqlalchemy import func, select
 
 from thingward.cli.common import console
 from thingward.config import CONFIG_FILE
 from thingward.device.simulator import SimulatedCamera, provision_cameras
-from thingward.ingest.store import count_messages
 from thingward.platform import Platform, init_data_dir
-from thingward.registry import things
+from thingward.registry.models import Message, Thing
 
 DEMO_CAMERAS = ["front-door-cam", "backyard-cam"]
 
@@ -59,9 +59,23 @@ def _render(cameras: list[SimulatedCamera], stored: dict[str, int], log: EventLo
     return Group(Panel(header, title="thingward demo"), table, Panel("\n".join(log.lines()) or "-", title="what flows"))
 
 
-def _stored_counts(platform: Platform, names: list[str]) -> dict[str, int]:
+def _newest_message_id(platform: Platform) -> int:
     with platform.db.read() as session:
-        return {n: count_messages(session, things.get_thing(session, n)) for n in names}
+        return session.execute(select(func.max(Message.id))).scalar() or 0
+
+
+def _stored_counts(platform: Platform, names: list[str], after_id: int) -> dict[str, int]:
+    """Messages stored for each camera in this run (a reused demo dir has older ones)."""
+    with platform.db.read() as session:
+        rows = session.execute(
+            select(Thing.name, func.count(Message.id))
+            .join(Message, Message.thing_id == Thing.id)
+            .where(Thing.name.in_(names), Message.id > after_id)
+            .group_by(Thing.name)
+        ).all()
+    counts = {name: 0 for name in names}
+    counts.update({name: count for name, count in rows})
+    return counts
 
 
 def attempt_cross_device_read(attacker: SimulatedCamera, victim: str, log: EventLog, timeout: float = 5.0) -> str:
@@ -104,11 +118,23 @@ def _run_cameras(
     with_attack: bool,
 ) -> dict[str, Any]:
     parsed = urlsplit(mqtt_url)
-    dirs = provision_cameras(platform, api, names)
+    provisioned = provision_cameras(platform, api, names)
     for name in names:
-        log.add(f"{name}: key made on the device, CSR sent, certificate issued")
+        if provisioned[name].enrolled_now:
+            log.add(f"{name}: key made on the device, CSR sent over HTTPS, certificate issued")
+        else:
+            log.add(f"{name}: enrolled before; reusing its key and certificate")
+    baseline = _newest_message_id(platform)
     cameras = [
-        SimulatedCamera(n, dirs[n], parsed.hostname or "127.0.0.1", parsed.port or 8883, period=1.0) for n in names
+        SimulatedCamera(
+            n,
+            provisioned[n].directory,
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 8883,
+            period=1.0,
+            on_event=log.add,
+        )
+        for n in names
     ]
     try:
         for cam in cameras:
@@ -125,12 +151,12 @@ def _run_cameras(
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 stop.wait(0.5)
                 if display is not None:
-                    display.update(_render(cameras, _stored_counts(platform, names), log, header))
+                    display.update(_render(cameras, _stored_counts(platform, names, baseline), log, header))
     finally:
         for cam in cameras:
             cam.stop()
     time.sleep(0.5)  # let the last QoS 1 messages reach storage before counting
-    stored = _stored_counts(platform, names)
+    stored = _stored_counts(platform, names, baseline)
     return {
         "cameras": {
             c.name: {

@@ -6,6 +6,7 @@ import datetime as dt
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +26,24 @@ class CameraStats:
     log: list[str] = field(default_factory=list)
 
 
-def provision_cameras(platform: Platform, api_url: str, names: list[str], group: str | None = None) -> dict[str, Path]:
-    """Register (if new), issue tokens for and enroll each camera; returns each one's credential dir."""
-    out: dict[str, Path] = {}
+@dataclass(frozen=True)
+class Provisioned:
+    directory: Path
+    enrolled_now: bool
+
+
+def provision_cameras(
+    platform: Platform, api_url: str, names: list[str], group: str | None = None
+) -> dict[str, Provisioned]:
+    """Register (if new), issue tokens for and enroll each camera that has no certificate yet."""
+    out: dict[str, Provisioned] = {}
     actor = cli_actor()
     ttl = dt.timedelta(minutes=10)
     base = platform.settings.data_dir / "simulated"
     for name in names:
         directory = base / name
         if (directory / "device.crt").exists():
-            out[name] = directory
+            out[name] = Provisioned(directory, enrolled_now=False)
             continue
         with platform.db.session() as session:
             try:
@@ -43,7 +52,7 @@ def provision_cameras(platform: Platform, api_url: str, names: list[str], group:
                 things.add_thing(session, actor, name, [group] if group else [])
             issued = things.create_enrollment_token(session, actor, name, ttl)
         enroll(api_url, issued.token, platform.ca_certificate_path, directory)
-        out[name] = directory
+        out[name] = Provisioned(directory, enrolled_now=True)
     return out
 
 
@@ -51,9 +60,17 @@ class SimulatedCamera:
     """A camera in a thread of its own: telemetry every `period` s, and motion now and then."""
 
     def __init__(
-        self, name: str, directory: Path, host: str, port: int, period: float = 1.0, seed: int | None = None
+        self,
+        name: str,
+        directory: Path,
+        host: str,
+        port: int,
+        period: float = 1.0,
+        seed: int | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_event = on_event
         self.stats = CameraStats()
         self.period = period
         self._rng = random.Random(seed)  # noqa: S311 - simulated readings
@@ -88,6 +105,8 @@ class SimulatedCamera:
                 )
                 self.stats.events += 1
                 self.stats.last_event = f"motion at {zone}"
+                if self._on_event is not None:
+                    self._on_event(f"{self.name} -> things/{self.name}/events/motion: motion at {zone}")
 
     def stop(self) -> None:
         self._stop.set()
