@@ -167,15 +167,21 @@ class _ChunkedStream(asyncio.StreamReader):
         return chunk
 
 
+# Valid topic names only: the framer closes the connection on any other (tested in test_quotas.py).
+_TOPIC_NAMES = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="+#\x00"), min_size=1, max_size=20
+).map(str.encode)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    messages=st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=300)), max_size=8),
+    messages=st.lists(st.tuples(_TOPIC_NAMES, st.binary(max_size=300)), max_size=8),
     sizes=st.lists(st.integers(min_value=1, max_value=700), max_size=30),
 )
 def test_framer_yields_the_same_packets_however_the_network_splits_them(
     messages: list[tuple[bytes, bytes]], sizes: list[int]
 ) -> None:
-    packets = [_publish(topic.replace(b"\x00", b"a"), payload) for topic, payload in messages]
+    packets = [_publish(topic, payload) for topic, payload in messages]
 
     async def run() -> list[bytes]:
         violations: list[tuple[str, str | None]] = []

@@ -355,12 +355,6 @@ def test_invalid_publish_topic_delivers_nothing(broker: Any, pki: Any, raw: Any,
     assert retained == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN (low, framing desync): when amqtt's parser raises inside a PUBLISH (topic with '+'/'#'), the rest "
-    "of that packet's bytes are parsed as new packets: the payload smuggles packets past FramedReader; every "
-    "smuggled packet is still policy-checked, so no cross-device effect was found",
-)
 def test_packets_hidden_in_a_discarded_publish_payload_are_not_processed(
     broker: Any, pki: Any, raw: Any, kit: Any
 ) -> None:
@@ -551,11 +545,6 @@ def test_will_qos_3_refused(broker: Any, pki: Any, raw: Any, kit: Any) -> None:
     assert kit.connack_or_close(client) in (None, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN: a will armed while the thing may publish to a topic is still published (and retained) after "
-    "the policy takes that right away; the will topic is checked only at CONNECT",
-)
 def test_will_not_published_after_policy_takes_the_right_away(
     broker: Any, pki: Any, raw: Any, kit: Any, engine: Any
 ) -> None:
@@ -700,11 +689,6 @@ def test_device_dropped_when_its_certificate_expires(broker: Any, pki: Any, raw:
 # == resource exhaustion from one identity ====================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN (DoS): no per-client bound on subscriptions; amqtt's broadcast loop tests every filter of every "
-    "client for every message, so one device's 40k filters slow every delivery in the broker (~1 ms -> ~50 ms)",
-)
 def test_one_identity_cannot_hold_tens_of_thousands_of_subscriptions(broker: Any, pki: Any, raw: Any, kit: Any) -> None:
     b = victim(broker, pki, raw)
 
@@ -724,11 +708,6 @@ def test_one_identity_cannot_hold_tens_of_thousands_of_subscriptions(broker: Any
     assert granted < 40_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN (DoS): no per-client quota on retained messages; one device can fill broker memory with "
-    "distinct retained topics (up to 1000/s x 256 KB) and every SUBSCRIBE then scans all of them",
-)
 def test_one_identity_cannot_hold_unbounded_retained_messages(broker: Any, pki: Any, raw: Any, kit: Any) -> None:
     a = raw.connect(broker.port, pki.device(A))
     burst = b"".join(kit.publish_packet(f"things/{A}/r/{i}", b"x" * 64, retain=True) for i in range(990))
@@ -740,11 +719,6 @@ def test_one_identity_cannot_hold_unbounded_retained_messages(broker: Any, pki: 
     assert held < 991
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN (DoS): unreleased inbound QoS 2 messages are kept without bound (up to 65535 x 256 KB per "
-    "client) and before the publish rate limit; 300 x 200 KB pinned 60 MB of broker memory",
-)
 def test_unreleased_qos2_messages_bounded_per_client(broker: Any, pki: Any, raw: Any, kit: Any) -> None:
     a = raw.connect(broker.port, pki.device(A))
     payload = b"x" * 200_000

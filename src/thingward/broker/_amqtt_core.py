@@ -11,19 +11,26 @@ an attack test in tests/broker. What is closed here:
 - a client that publishes and disconnects at once does not lose its last QoS 0 messages (amqtt drops
   the session's pending queue on DISCONNECT);
 - `authenticate` only lets through a client the TLS gate admitted (the gate refuses everything else
-  before amqtt sees it, so a refused CONNECT never touches the session table).
+  before amqtt sees it, so a refused CONNECT never touches the session table);
+- a will is publish-checked again when it fires (the policy may have changed since CONNECT);
+- quotas per client: subscription filters (MAX_SUBSCRIPTIONS_PER_CLIENT), retained messages
+  (MAX_RETAINED_PER_THING, MAX_RETAINED_BYTES_PER_THING) and, through the FramedReader, unreleased QoS 2
+  messages of a resumed session; and an unsubscribed filter no longer leaves an empty entry that every
+  message is matched against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Any, Protocol
 
 import amqtt  # type: ignore[import-untyped]
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.contexts import Action  # type: ignore[import-untyped]
+from amqtt.mqtt.disconnect import DisconnectPacket  # type: ignore[import-untyped]
 
 from thingward.broker._framing import FramedReader
 
@@ -37,12 +44,26 @@ LISTENER_NAME = "default"
 MAX_OFFLINE_MESSAGES = 1000
 # A disconnected persistent session is forgotten after this long (amqtt's default: never).
 SESSION_EXPIRY_SECONDS = 24 * 3600
+# Topic filters one client may hold; a SUBSCRIBE past it gets 0x80 for each filter over the quota. amqtt
+# matches every message against every filter in the broker, so this bounds what one device can slow down.
+MAX_SUBSCRIPTIONS_PER_CLIENT = 100
+# Retained messages one thing may hold (the thing that published the stored message owns it), by count and
+# by bytes (topic + payload). A retained PUBLISH over quota is still delivered live but not retained, and
+# the message it would have replaced is cleared (it is outdated: serving it as current would be worse).
+# An empty retained PUBLISH (a clear) is always honoured and frees quota.
+MAX_RETAINED_PER_THING = 100
+MAX_RETAINED_BYTES_PER_THING = 1024 * 1024
+# At most one INFO line per thing and reason in this many seconds for quota refusals (the rest at DEBUG):
+# a device hammering a quota must not flood the log.
+QUOTA_LOG_INTERVAL = 10.0
+_REFUSED = 0x80  # SUBACK return code for a refused filter
 
 # amqtt internals this module overrides or calls.
 _RELIED_ON = (
     "_authenticate",
     "_topic_filtering",
     "_client_message_loop",
+    "_handle_client_session",
     "_handle_disconnect",
     "_handle_subscription",
     "_handle_unsubscription",
@@ -50,6 +71,9 @@ _RELIED_ON = (
     "_publish_session_retained_messages",
     "_retain_broadcast_message",
     "_cleanup_session",
+    "add_subscription",
+    "_del_subscription",
+    "_del_all_subscriptions",
     "_broadcast_message",
     "_get_handler",
     "_matches",
@@ -75,6 +99,10 @@ class AccessGuard(Protocol):
 
     def accepted(self, thing: str, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
 
+    def deny(self, thing: str, action: str, topic: str, reason: str, *, level: int = ...) -> bool:
+        """Count and log a refusal the core decided itself (a quota, not a policy)."""
+        ...
+
 
 class GuardedBroker(Broker):  # type: ignore[misc]
     """An amqtt broker with no listener of its own: the TLS gate hands it admitted connections."""
@@ -92,6 +120,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._guard = guard
         self._admitted: Counter[str] = Counter()
         self._offline_overflow: set[str] = set()
+        # Refusals decided here (quotas), whether or not the adapter also counts them.
+        self.quota_denials: Counter[tuple[str, str]] = Counter()
+        self._quota_logged: dict[tuple[str, str], float] = {}
+        self._filters_of: dict[str, set[str]] = {}  # client id -> its topic filters in _subscriptions
+        self._retained_owner: dict[str, tuple[str, int]] = {}  # retained topic -> (owner, bytes)
+        self._retained_usage: dict[str, list[int]] = {}  # owner -> [messages, bytes]
 
     # -- admission -----------------------------------------------------------------------------------
 
@@ -164,12 +198,28 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         if retain:
             await self.retain_message(session, topic, data, qos)
 
+    async def _handle_client_session(
+        self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str
+    ) -> None:
+        if isinstance(reader, FramedReader):
+            # A resumed session may still hold QoS 2 messages from earlier connections (amqtt will ask for
+            # their PUBREL again): they count against the same bound, from the first packet on.
+            reader.hold_unreleased(client_session.inflight_in.keys())
+        await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
+
     async def _client_message_loop(self, client_session: Any, handler: Any) -> None:
         """amqtt's loop, except that a DISCONNECT first delivers what the client sent before it.
 
         amqtt handles the DISCONNECT first and drops the session's pending queue: a client that
-        publishes QoS 0 messages and disconnects at once loses the ones not yet routed.
+        publishes QoS 0 messages and disconnects at once loses the ones not yet routed. And a connection
+        that ended before the loop started is noticed (amqtt would wait for it forever).
         """
+        reader_task = getattr(handler, "_reader_task", None)
+        if isinstance(reader_task, asyncio.Task) and reader_task.done():
+            # The connection ended while amqtt was re-sending a resumed session's in-flight messages, and
+            # amqtt then armed a fresh disconnect waiter that nothing will ever resolve: without this the
+            # client loop waits forever and the thing stays "connected".
+            await handler.handle_connection_closed()
         disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
         subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
         unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
@@ -216,6 +266,125 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         queue = session.delivered_message_queue
         while not queue.empty():
             await self._deliver_publish(session, handler, queue.get_nowait())
+
+    async def _handle_disconnect(self, session: Any, handler: Any, disconnect_waiter: asyncio.Future[Any]) -> None:
+        """amqtt's, except that a will is checked against the policy of now, not the one of its CONNECT."""
+        if session.will_flag and not isinstance(disconnect_waiter.result(), DisconnectPacket):
+            thing: str = session.client_id
+            topic = session.will_topic
+            # allow_publish counts and logs the refusal (and applies the publish rate, as to any publish).
+            if not isinstance(topic, str) or not self._guard.allow_publish(thing, topic):
+                logger.info("thing %r: will on %r dropped, no longer allowed to publish there", thing, topic)
+                session.will_flag = False
+                session.will_topic = None
+                session.will_message = None
+        await super()._handle_disconnect(session, handler, disconnect_waiter)
+
+    # -- quotas --------------------------------------------------------------------------------------
+
+    def _refuse_over_quota(self, thing: str, action: str, topic: str, reason: str) -> None:
+        """Count a quota refusal, in the adapter's denials too; log one INFO line per QUOTA_LOG_INTERVAL."""
+        self.quota_denials[(thing, action)] += 1
+        now = time.monotonic()
+        key = (thing, reason)
+        level = logging.DEBUG
+        if now - self._quota_logged.get(key, -QUOTA_LOG_INTERVAL) >= QUOTA_LOG_INTERVAL:
+            level = logging.INFO
+            if len(self._quota_logged) > 10_000:
+                self._quota_logged = {k: t for k, t in self._quota_logged.items() if now - t < QUOTA_LOG_INTERVAL}
+            self._quota_logged[key] = now
+        self._guard.deny(thing, action, topic, reason, level=level)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
+        topic_filter = subscription[0]
+        client_id: str = session.client_id
+        held = self._filters_of.get(client_id)
+        if held is not None and topic_filter not in held and len(held) >= MAX_SUBSCRIPTIONS_PER_CLIENT:
+            self._refuse_over_quota(
+                client_id, "subscribe", topic_filter, f"subscription quota ({MAX_SUBSCRIPTIONS_PER_CLIENT} filters)"
+            )
+            return _REFUSED
+        code = int(await super().add_subscription(subscription, session))
+        if code != _REFUSED:
+            self._filters_of.setdefault(client_id, set()).add(topic_filter)
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Any) -> int:
+        deleted = int(super()._del_subscription(a_filter, session))
+        if deleted:
+            # amqtt leaves the emptied entry, and matches every message against every entry: a client that
+            # subscribes and unsubscribes fresh filters would slow the broker down without bound.
+            if not self._subscriptions.get(a_filter, True):
+                del self._subscriptions[a_filter]
+            held = self._filters_of.get(session.client_id)
+            if held is not None:
+                held.discard(a_filter)
+                if not held:
+                    del self._filters_of[session.client_id]
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Any) -> None:
+        # The client's own filters, not a scan of every filter in the broker (amqtt's way, at every connect).
+        for topic_filter in list(self._filters_of.get(session.client_id, ())):
+            self._del_subscription(topic_filter, session)
+
+    async def retain_message(
+        self, source_session: Any, topic_name: str | None, data: bytes | bytearray | None, qos: int | None = None
+    ) -> None:
+        owner: str | None = getattr(source_session, "client_id", None)
+        if topic_name is None or not data or owner is None:
+            # A clear always works and frees the quota of whoever owned the message; so does a message from
+            # the broker itself (no source session; none is sent today), which is charged to nobody.
+            await super().retain_message(source_session, topic_name, data, qos)
+            if topic_name is not None:
+                self._release_retained(topic_name)
+            return
+        size = len(topic_name.encode("utf-8")) + len(data)
+        if not self._retained_fits(owner, topic_name, size):
+            self._refuse_over_quota(
+                owner,
+                "retain",
+                topic_name,
+                f"retained quota ({MAX_RETAINED_PER_THING} messages, {MAX_RETAINED_BYTES_PER_THING} bytes): "
+                "delivered, not retained",
+            )
+            if topic_name in self._retained_messages:
+                await super().retain_message(source_session, topic_name, b"", qos)
+                self._release_retained(topic_name)
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
+        self._release_retained(topic_name)
+        usage = self._retained_usage.setdefault(owner, [0, 0])
+        usage[0] += 1
+        usage[1] += size
+        self._retained_owner[topic_name] = (owner, size)
+
+    def _retained_fits(self, owner: str, topic: str, size: int) -> bool:
+        count, used = self._retained_usage.get(owner, (0, 0))
+        previous = self._retained_owner.get(topic)
+        if previous is not None and previous[0] == owner:
+            used -= previous[1]  # a replacement: the old message's bytes come back
+        else:
+            count += 1
+        return count <= MAX_RETAINED_PER_THING and used + size <= MAX_RETAINED_BYTES_PER_THING
+
+    def _release_retained(self, topic: str) -> None:
+        previous = self._retained_owner.pop(topic, None)
+        if previous is None:
+            return
+        owner, size = previous
+        usage = self._retained_usage.get(owner)
+        if usage is None:
+            return
+        usage[0] -= 1
+        usage[1] -= size
+        if usage[0] <= 0:
+            del self._retained_usage[owner]
+
+    def retained_usage(self, thing: str) -> tuple[int, int]:
+        """(messages, bytes) of retained messages `thing` holds against its quota."""
+        count, used = self._retained_usage.get(thing, (0, 0))
+        return count, used
 
     # -- retained and queued deliveries --------------------------------------------------------------
 

@@ -5,6 +5,12 @@ check) and never closes a client whose keep-alive expired. `FramedReader` reads 
 cuts it into packets, refuses oversize ones before buffering them, and serves amqtt one packet at a time:
 a read that would run past the end of the packet amqtt is parsing is a protocol error, so amqtt and
 this layer can never disagree about where a packet ends.
+
+The other way round, amqtt must never give up on a packet half way: when its parser raises inside a
+PUBLISH (a topic with '+' or '#'), it discards the packet and parses the rest of its bytes as new packets,
+so a payload could smuggle packets. Every PUBLISH topic is therefore validated here, as the packet is cut,
+and a bad one closes the connection. The framer also counts the QoS 2 messages a client has not released
+(PUBLISH seen, PUBREL not yet): amqtt keeps each one in the session without bound.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from amqtt.adapters import ReaderAdapter  # type: ignore[import-untyped]
@@ -23,17 +29,20 @@ from amqtt.mqtt.packet import MQTTFixedHeader  # type: ignore[import-untyped]
 __all__ = [
     "CONNACK_NOT_AUTHORIZED",
     "CONNACK_UNACCEPTABLE_PROTOCOL",
+    "MAX_INFLIGHT_QOS2",
     "ConnectRequest",
     "FramedReader",
     "MalformedConnectError",
     "connack",
     "parse_connect",
+    "valid_topic_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONNECT = 1
 PUBLISH = 3
+PUBREL = 6
 DISCONNECT = 14
 CONNACK_UNACCEPTABLE_PROTOCOL = 0x01
 CONNACK_NOT_AUTHORIZED = 0x05
@@ -47,9 +56,16 @@ _PUBLISH_OVERHEAD = 2 + 65535 + 2
 _CONNECT_OVERHEAD = 4 * (2 + 65535) + 16
 # MQTT 3.1.1 section 3.1.2.10: the server waits one and a half keep-alive periods.
 _KEEPALIVE_GRACE = 1.5
+# QoS 2 messages a client may leave unreleased (PUBLISH received, PUBREL not yet) on one connection, plus
+# those its resumed session still holds; one more closes the connection. amqtt keeps every one of them,
+# payload included, until the PUBREL: unbounded, that is up to 65535 x max_payload per client.
+MAX_INFLIGHT_QOS2 = 32
+# Characters a topic name must not contain [MQTT-3.3.2-2], [MQTT-4.7.3-2].
+_FORBIDDEN_IN_TOPIC_NAME = frozenset("+#\x00")
 
 # Called as on_violation(reason, topic) when the reader closes the connection for a limit.
 ViolationSink = Callable[[str, str | None], None]
+_TOO_MANY_UNRELEASED = f"more than {MAX_INFLIGHT_QOS2} QoS 2 messages awaiting PUBREL"
 
 
 def connack(return_code: int) -> bytes:
@@ -62,6 +78,18 @@ class _FrameError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.topic = topic
+
+
+def valid_topic_name(raw_topic: bytes) -> bool:
+    """True for a topic name amqtt parses as it is: UTF-8, non-empty, no wildcard, no NUL (at most 65535 bytes)."""
+    if not raw_topic or len(raw_topic) > 65535:
+        return False
+    try:
+        # Python's strict decoder refuses overlong forms and encoded surrogates, as MQTT 1.5.3 requires.
+        topic = raw_topic.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _FORBIDDEN_IN_TOPIC_NAME.isdisjoint(topic)
 
 
 def _decode_topic(buffer: bytearray | bytes, start: int, end: int) -> str | None:
@@ -98,6 +126,7 @@ class FramedReader(ReaderAdapter):  # type: ignore[misc]
         self._eof = False
         self._keepalive: float | None = None
         self._last_packet = time.monotonic()
+        self._unreleased: set[int] = set()  # packet ids of QoS 2 PUBLISHes awaiting their PUBREL
 
     # -- the gate's side ---------------------------------------------------------------------------
 
@@ -111,6 +140,21 @@ class FramedReader(ReaderAdapter):  # type: ignore[misc]
         """Close the connection after 1.5 keep-alive periods without a packet (0: no keep-alive)."""
         self._keepalive = seconds * _KEEPALIVE_GRACE if seconds > 0 else None
         self._last_packet = time.monotonic()
+
+    def hold_unreleased(self, packet_ids: Iterable[int]) -> None:
+        """Count QoS 2 messages a resumed session still holds from an earlier connection against MAX_INFLIGHT_QOS2.
+
+        Without this a client could leave MAX_INFLIGHT_QOS2 messages unreleased on every connection of a
+        persistent session and pile them up across reconnects.
+        """
+        self._unreleased.update(packet_ids)
+        if len(self._unreleased) > MAX_INFLIGHT_QOS2:
+            self.close(_TOO_MANY_UNRELEASED)
+
+    @property
+    def unreleased_qos2(self) -> int:
+        """QoS 2 messages received and not yet released by their PUBREL."""
+        return len(self._unreleased)
 
     def close(self, reason: str, topic: str | None = None) -> None:
         """Stop serving packets and abort the connection; amqtt sees the end of the stream."""
@@ -224,18 +268,38 @@ class FramedReader(ReaderAdapter):  # type: ignore[misc]
         if len(raw) < end:
             return None
         if packet_type == PUBLISH:
-            qos = (first >> 1) & 0x03
-            if remaining < 2:
-                raise _FrameError("malformed PUBLISH")
-            topic_length = int.from_bytes(raw[header_end : header_end + 2], "big")
-            payload = remaining - 2 - topic_length - (2 if qos else 0)
-            if payload < 0:
-                raise _FrameError("malformed PUBLISH")
-            if payload > self._max_payload:
-                raise _FrameError("payload too large", _decode_topic(raw, header_end, end))
+            self._check_publish(first, raw, header_end, end)
+        elif packet_type == PUBREL and remaining >= 2:
+            self._unreleased.discard(int.from_bytes(raw[header_end : header_end + 2], "big"))
         frame = bytes(raw[start:end])
         self._raw_pos = end
         return frame
+
+    def _check_publish(self, first: int, raw: bytearray, header_end: int, end: int) -> None:
+        """Refuse a PUBLISH amqtt would misparse or that breaks a limit; count an unreleased QoS 2 message."""
+        qos = (first >> 1) & 0x03
+        if qos == 3:
+            raise _FrameError("malformed PUBLISH (QoS 3)")  # [MQTT-3.3.1-4]
+        if end - header_end < 2:
+            raise _FrameError("malformed PUBLISH")
+        topic_end = header_end + 2 + int.from_bytes(raw[header_end : header_end + 2], "big")
+        payload = end - topic_end - (2 if qos else 0)
+        if payload < 0:
+            raise _FrameError("malformed PUBLISH")
+        if payload > self._max_payload:
+            raise _FrameError("payload too large", _decode_topic(raw, header_end, end))
+        # The topic is not passed on: it is what failed, and it is the client's to choose.
+        if not valid_topic_name(bytes(raw[header_end + 2 : topic_end])):
+            raise _FrameError("invalid topic name in PUBLISH")
+        if not qos:
+            return
+        packet_id = int.from_bytes(raw[topic_end : topic_end + 2], "big")
+        if packet_id == 0:
+            raise _FrameError("malformed PUBLISH (packet id 0)")  # [MQTT-2.3.1-1]
+        if qos == 2:
+            self._unreleased.add(packet_id)
+            if len(self._unreleased) > MAX_INFLIGHT_QOS2:
+                raise _FrameError(_TOO_MANY_UNRELEASED, _decode_topic(raw, header_end, end))
 
 
 @dataclass(frozen=True)

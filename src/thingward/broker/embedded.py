@@ -378,13 +378,13 @@ class EmbeddedBroker:
         try:
             thing = server_tls.identify(ssl_object)
         except IdentityRefusedError as e:
-            self._deny(e.thing or UNKNOWN_THING, "connect", "-", f"{e.reason} (peer {conn.peer})")
+            self.deny(e.thing or UNKNOWN_THING, "connect", "-", f"{e.reason} (peer {conn.peer})")
             return
         pending = sum(1 for c in self._connections.get(thing, ()) if not c.live)
         if pending >= MAX_PENDING_PER_THING:
             # Handshakes held open without a CONNECT would let one identity hoard sockets (and keep a
             # connection ready across a revocation).
-            self._deny(thing, "connect", "-", f"{pending} connections already waiting for CONNECT (peer {conn.peer})")
+            self.deny(thing, "connect", "-", f"{pending} connections already waiting for CONNECT (peer {conn.peer})")
             return
         self._register(conn, thing)
         framed = FramedReader(
@@ -403,19 +403,19 @@ class EmbeddedBroker:
         try:
             request = await parse_connect(first)
         except MalformedConnectError as e:
-            self._deny(thing, "connect", "-", f"{e} (peer {conn.peer})")
+            self.deny(thing, "connect", "-", f"{e} (peer {conn.peer})")
             return
         try:
             # Judged again now, against the CRL and clock of this moment: the handshake may be old.
             identity = server_tls.identify_peer(ssl_object)
         except IdentityRefusedError as e:
-            self._deny(thing, "connect", request.client_id, f"{e.reason} (peer {conn.peer})")
+            self.deny(thing, "connect", request.client_id, f"{e.reason} (peer {conn.peer})")
             await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
             return
         refusal = self._admission(thing, request)
         if refusal is not None:
             code, reason = refusal
-            self._deny(thing, "connect", request.client_id, f"{reason} (peer {conn.peer})")
+            self.deny(thing, "connect", request.client_id, f"{reason} (peer {conn.peer})")
             await self._refuse(writer, code)
             return
         await self._take_over(thing, conn)
@@ -439,7 +439,7 @@ class EmbeddedBroker:
 
         def expire() -> None:
             if conn.live:
-                self._deny(thing, "connect", thing, f"certificate expired during the session (peer {conn.peer})")
+                self.deny(thing, "connect", thing, f"certificate expired during the session (peer {conn.peer})")
                 if self._core is not None:
                     self._core.clear_will(thing)
                 conn.abort()
@@ -496,7 +496,7 @@ class EmbeddedBroker:
                 client_id = (await parse_connect(first)).client_id if first else "-"
             except MalformedConnectError:
                 first = b""
-            self._deny(PLAINTEXT, "connect", client_id, f"plaintext connection has no identity (peer {conn.peer})")
+            self.deny(PLAINTEXT, "connect", client_id, f"plaintext connection has no identity (peer {conn.peer})")
             if first:
                 await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
         except TimeoutError:
@@ -520,7 +520,8 @@ class EmbeddedBroker:
             logger.exception("authorizer failed on %s %s %r: denying", thing, action, topic)
             return False
 
-    def _deny(self, thing: str, action: str, topic: str, reason: str, *, level: int = logging.INFO) -> bool:
+    def deny(self, thing: str, action: str, topic: str, reason: str, *, level: int = logging.INFO) -> bool:
+        """Count and log a refusal (policy, limit or quota); returns False so a check can `return self.deny(...)`."""
         self.denials[(thing, action)] += 1
         logger.log(level, "denied %s: thing=%s topic=%r reason=%s", action, thing, topic, reason)
         return False
@@ -530,9 +531,9 @@ class EmbeddedBroker:
             self._throttled_drop(thing, topic)
             return False
         if topic.startswith("$"):
-            return self._deny(thing, "publish", topic, "reserved $ topic")
+            return self.deny(thing, "publish", topic, "reserved $ topic")
         if not self._authorize(thing, "publish", topic):
-            return self._deny(thing, "publish", topic, "not allowed by policy")
+            return self.deny(thing, "publish", topic, "not allowed by policy")
         return True
 
     def _throttled_drop(self, thing: str, topic: str) -> None:
@@ -557,16 +558,16 @@ class EmbeddedBroker:
 
     def allow_subscribe(self, thing: str, topic_filter: str) -> bool:
         if topic_filter.startswith("$"):
-            return self._deny(thing, "subscribe", topic_filter, "reserved $ topic")
+            return self.deny(thing, "subscribe", topic_filter, "reserved $ topic")
         if not self._authorize(thing, "subscribe", topic_filter):
-            return self._deny(thing, "subscribe", topic_filter, "not allowed by policy")
+            return self.deny(thing, "subscribe", topic_filter, "not allowed by policy")
         return True
 
     def allow_receive(self, thing: str, topic: str) -> bool:
         if not topic.startswith("$") and self._authorize(thing, "receive", topic):
             return True
         # DEBUG: a wildcard subscriber is refused every message it may not see; that is policy working.
-        return self._deny(thing, "receive", topic, "not allowed by policy", level=logging.DEBUG)
+        return self.deny(thing, "receive", topic, "not allowed by policy", level=logging.DEBUG)
 
     def accepted(self, thing: str, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         sink = self._on_message
@@ -581,11 +582,12 @@ class EmbeddedBroker:
         if reason == "keep-alive expired":
             logger.info("closing thing %r: keep-alive expired", thing)
         elif reason == "payload too large":
-            self._deny(
+            self.deny(
                 thing,
                 "publish",
                 topic if topic is not None else "-",
                 f"payload over {self._limits.max_payload_bytes} bytes: connection closed",
             )
         else:
-            logger.info("closing thing %r: protocol error (%s)", thing, reason)
+            # A protocol violation closes the connection; it is counted like any refusal.
+            self.deny(thing, "protocol", topic if topic is not None else "-", f"{reason}: connection closed")
