@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import queue
 import socket
 import ssl
 import struct
 import threading
 import time
-import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,25 +26,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from thingward.broker.base import BrokerLimits, BrokerTls, InboundMessage
-from thingward.broker.embedded import EmbeddedBroker
+from lab.mqtt import WAIT, BrokerHarness, Creds, Pki
+from thingward.broker.base import BrokerLimits
 from thingward.pki.ca import (
-    CertificateAuthority,
-    build_crl,
-    build_root_ca,
     certificate_pem,
-    crl_pem,
-    issue_device_certificate,
-    issue_server_certificate,
     private_key_pem,
-    utcnow,
 )
 from thingward.pki.files import write_atomic, write_secret
 from thingward.policy.document import DEFAULT_POLICY, parse_policy_document
 from thingward.policy.engine import PolicyEngine
 from thingward.policy.world import GroupFacts, PolicyWorld, ThingFacts
-
-WAIT = 5.0
 
 A = "cam-a"  # the attacker's thing
 B = "cam-b"  # the victim
@@ -54,104 +43,6 @@ B2 = "cam-a2"  # a name that shares a prefix with the attacker's
 
 
 # -- PKI ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Creds:
-    name: str
-    cert: Path
-    key: Path
-    serial: int
-
-
-class Pki:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.ca = build_root_ca("thingward redteam CA")
-        self.ca_file = self.dir / "ca.crt"
-        write_atomic(self.ca_file, certificate_pem(self.ca.certificate))
-        key, cert = issue_server_certificate(self.ca, [])
-        self.server_cert = self.dir / "server.crt"
-        self.server_key = self.dir / "server.key"
-        write_atomic(self.server_cert, certificate_pem(cert))
-        write_secret(self.server_key, private_key_pem(key))
-        self.server_serial = cert.serial_number
-        self.crl_file = self.dir / "crl.pem"
-        self.revoked: list[int] = []
-        self.write_crl()
-
-    @property
-    def tls(self) -> BrokerTls:
-        return BrokerTls(
-            cert_file=self.server_cert, key_file=self.server_key, ca_file=self.ca_file, crl_file=self.crl_file
-        )
-
-    def device(
-        self,
-        name: str,
-        *,
-        ca: CertificateAuthority | None = None,
-        now: dt.datetime | None = None,
-        validity: dt.timedelta = dt.timedelta(days=1),
-        label: str | None = None,
-    ) -> Creds:
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .sign(key, hashes.SHA256())
-        )
-        cert = issue_device_certificate(ca or self.ca, csr, name, validity, now=now)
-        return self.save(name, cert, key, label or name)
-
-    def custom(
-        self,
-        label: str,
-        *,
-        cn: str | None,
-        uris: list[str] | None,
-        eku: list[x509.ObjectIdentifier] | None = None,
-        dns: list[str] | None = None,
-    ) -> Creds:
-        """A CA-signed client certificate with a hand-chosen subject, SAN and EKU (what a CA bug could issue)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = utcnow()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # an empty CN is out of spec: exactly what this certificate is for
-            subject = x509.Name(
-                [x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False)] if cn is not None else []
-            )
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.ca.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca.key.public_key()), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        )
-        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris or []]
-        names += [x509.DNSName(d) for d in dns or []]
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=not subject)
-        if eku is not None:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        cert = builder.sign(self.ca.key, hashes.SHA256())
-        return self.save(cn or "", cert, key, label)
-
-    def save(self, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, label: str) -> Creds:
-        cert_path, key_path = self.dir / f"{label}.crt", self.dir / f"{label}.key"
-        write_atomic(cert_path, certificate_pem(cert))
-        write_secret(key_path, private_key_pem(key))
-        return Creds(name=name, cert=cert_path, key=key_path, serial=cert.serial_number)
-
-    def write_crl(self, *revoked: int) -> None:
-        self.revoked.extend(revoked)
-        write_atomic(self.crl_file, crl_pem(build_crl(self.ca, [(serial, utcnow()) for serial in self.revoked])))
 
 
 @pytest.fixture
@@ -185,56 +76,6 @@ def engine() -> PolicyEngine:
 
 
 # -- the broker on its own loop --------------------------------------------------------------------------
-
-
-class BrokerHarness:
-    def __init__(self, broker_kwargs: dict[str, Any]) -> None:
-        self.messages: queue.Queue[InboundMessage] = queue.Queue()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="redteam-broker-loop", daemon=True)
-        self.thread.start()
-        broker_kwargs.setdefault("on_message", self.messages.put)
-        self.broker = EmbeddedBroker(**broker_kwargs)
-        self.call(self.broker.start())
-
-    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = WAIT) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def run(self, fn: Callable[[], Any], timeout: float = WAIT) -> Any:
-        """Run a plain function on the broker loop (to read amqtt state without racing it)."""
-
-        async def wrapper() -> Any:
-            return fn()
-
-        return self.call(wrapper(), timeout)
-
-    @property
-    def core(self) -> Any:
-        return self.broker._core
-
-    @property
-    def port(self) -> int:
-        return self.broker.port
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            threading.Event().wait(0.01)
-        return predicate()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self.broker.stop()
-
-        try:
-            self.call(stop(), timeout=20)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=5)
-            if not self.thread.is_alive():
-                self.loop.close()
 
 
 @pytest.fixture

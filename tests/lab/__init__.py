@@ -1,0 +1,1 @@
+"""Shared test infrastructure (importable because pytest puts tests/ on the path)."""
