@@ -343,6 +343,18 @@ class EmbeddedBroker:
                     del self._connections[conn.thing]
 
     async def _serve_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_connection(self._serve_identified, reader, writer)
+
+    async def _serve_plaintext(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_connection(self._refuse_plaintext, reader, writer)
+
+    async def _serve_connection(
+        self,
+        serve: Callable[[_Connection, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """What every accepted socket goes through, on any listener: the global cap, then clean-up."""
         self._track_current_task()
         conn = _Connection(writer)
         if self.open_connections >= self._limits.max_connections:
@@ -357,7 +369,7 @@ class EmbeddedBroker:
             return
         self._anonymous.add(conn)
         try:
-            await self._serve_identified(conn, reader, writer)
+            await serve(conn, reader, writer)
         except Exception:
             logger.exception("connection from %s failed", conn.peer)
         finally:
@@ -482,33 +494,25 @@ class EmbeddedBroker:
             old.abort()
         await _wait_finished(older, TAKEOVER_TIMEOUT)
 
-    async def _serve_plaintext(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._track_current_task()
-        conn = _Connection(writer)
-        self._anonymous.add(conn)
+    async def _refuse_plaintext(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A plaintext client has no certificate, so no identity: every CONNECT is refused."""
+        framed = FramedReader(
+            reader, max_payload=self._limits.max_payload_bytes, abort=conn.abort, on_violation=lambda r, t: None
+        )
         try:
-            framed = FramedReader(
-                reader, max_payload=self._limits.max_payload_bytes, abort=conn.abort, on_violation=lambda r, t: None
-            )
             first = await asyncio.wait_for(framed.first_packet(), CONNECT_TIMEOUT)
-            client_id = "-"
-            try:
-                client_id = (await parse_connect(first)).client_id if first else "-"
-            except MalformedConnectError:
-                first = b""
-            self.deny(PLAINTEXT, "connect", client_id, f"plaintext connection has no identity (peer {conn.peer})")
-            if first:
-                await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
         except TimeoutError:
-            pass
-        except Exception:
-            logger.exception("plaintext connection from %s failed", conn.peer)
-        finally:
-            try:
-                await conn.finish(writer)
-            finally:
-                self._unregister(conn)
-                conn.finished.set()
+            return
+        client_id = "-"
+        try:
+            client_id = (await parse_connect(first)).client_id if first else "-"
+        except MalformedConnectError:
+            first = b""
+        self.deny(PLAINTEXT, "connect", client_id, f"plaintext connection has no identity (peer {conn.peer})")
+        if first:
+            await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
 
     # -- decisions (the AccessGuard the core asks) ---------------------------------------------------
 
