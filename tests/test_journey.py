@@ -342,11 +342,25 @@ def test_plaintext_connection_to_tls_port_refused(served: Served) -> None:
 def test_simulate_enrolls_and_runs_n_cameras(served: Served) -> None:
     result = subprocess.run(
         [
-            *THINGWARD, "simulate", "--devices", "3", "--duration", "3", "--prefix", "simcam",
-            "--api", served.api, "--mqtt", f"mqtts://{served.mqtt_host}:{served.mqtt_port}",
-            "--data-dir", str(served.data_dir), "--json",
+            *THINGWARD,
+            "simulate",
+            "--devices",
+            "3",
+            "--duration",
+            "3",
+            "--prefix",
+            "simcam",
+            "--api",
+            served.api,
+            "--mqtt",
+            f"mqtts://{served.mqtt_host}:{served.mqtt_port}",
+            "--data-dir",
+            str(served.data_dir),
+            "--json",
         ],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     cameras = json.loads(result.stdout.strip().splitlines()[-1])["cameras"]
@@ -354,3 +368,21 @@ def test_simulate_enrolls_and_runs_n_cameras(served: Served) -> None:
     for stats in cameras.values():
         assert stats["telemetry_sent"] >= 1
         assert stats["stored"] == stats["telemetry_sent"] + stats["events_sent"]
+
+
+def test_enroll_reads_the_token_from_the_environment(served: Served, tmp_path: Path) -> None:
+    # Keeps the secret out of the process list and shell history.
+    added = cli(served.data_dir, "device", "add", "cam-env")
+    out = tmp_path / "cam-env"
+    env = {**os.environ, "CAM_TOKEN": added["enrollment_token"]}
+    base = [*THINGWARD, "device", "enroll", "--api", served.api, "--ca-certificate", str(served.ca), "--out", str(out)]
+    missing = subprocess.run(
+        [*base, "--token-env", "NO_SUCH_VAR", "--json"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert missing.returncode == 1 and "NO_SUCH_VAR is not set" in json.loads(missing.stdout)["error"]
+    ok = subprocess.run(
+        [*base, "--token-env", "CAM_TOKEN", "--json"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["name"] == "cam-env"
+    assert added["enrollment_token"] not in " ".join(base)

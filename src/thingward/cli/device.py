@@ -68,13 +68,29 @@ def token(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> Non
     )
 
 
+def _enrollment_token(given: str | None, env_name: str | None) -> str:
+    if (given is None) == (env_name is None):
+        raise InvalidInputError("give the enrollment token with exactly one of --token or --token-env")
+    if given is not None:
+        return given
+    value = os.environ.get(env_name or "", "")
+    if not value:
+        raise InvalidInputError(f"${env_name} is not set or empty: it should hold the enrollment token")
+    return value
+
+
 @app.command("enroll")
 @handle_errors
 def enroll(
     api: Annotated[str, typer.Option("--api", help="URL of the thingward API, e.g. https://127.0.0.1:8443")],
-    token_value: Annotated[str, typer.Option("--token", help="The one-time enrollment token.")],
     ca_certificate: Annotated[Path, typer.Option("--ca-certificate", help="The platform CA certificate (PEM).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for device.key, device.crt and ca.crt.")],
+    token_value: Annotated[
+        str | None, typer.Option("--token", help="The one-time enrollment token (visible in the process list).")
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option("--token-env", help="Read the token from this environment variable instead.")
+    ] = None,
     pkcs11_uri: Annotated[str | None, typer.Option("--pkcs11-uri", help="Keep the key in a PKCS#11 token.")] = None,
     pkcs11_pin_env: Annotated[
         str, typer.Option("--pkcs11-pin-env", help="Env var holding the token PIN.")
@@ -82,6 +98,7 @@ def enroll(
     as_json: JsonFlag = False,
 ) -> None:
     """Device side: make a key, send a CSR over verified HTTPS, and store the issued certificate."""
+    token = _enrollment_token(token_value, token_env)
     key_store = None
     if pkcs11_uri:
         from thingward.pki.pkcs11_store import Pkcs11KeyStore
@@ -90,7 +107,7 @@ def enroll(
         if not pin:
             raise InvalidInputError(f"set ${pkcs11_pin_env} to the PKCS#11 token PIN")
         key_store = Pkcs11KeyStore.from_uri(pkcs11_uri, pin)
-    identity = enroll_device(api, token_value, ca_certificate, out, key_store=key_store)
+    identity = enroll_device(api, token, ca_certificate, out, key_store=key_store)
     emit(
         as_json,
         {
