@@ -22,8 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lab.mqtt import WAIT, BrokerHarness, Creds, Pki
-from thingward.broker.base import BrokerLimits
+from lab.mqtt import WAIT, BrokerHarness, Creds, Pki, broker_harnesses
 
 # -- PKI ---------------------------------------------------------------------------------------------
 
@@ -94,26 +93,8 @@ def allow_all() -> AllowAll:
 
 @pytest.fixture
 def broker_factory(pki: Pki, authorizer: TopicAuthorizer) -> Iterator[Callable[..., BrokerHarness]]:
-    started: list[BrokerHarness] = []
-
-    def start(**overrides: Any) -> BrokerHarness:
-        kwargs: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": 0,
-            "tls": pki.tls,
-            "limits": BrokerLimits(),
-            "authorizer": authorizer,
-        }
-        kwargs.update(overrides)
-        harness = BrokerHarness(kwargs)
-        started.append(harness)
-        return harness
-
-    yield start
-    for harness in started:
-        leftovers = harness.close()
-        if leftovers:
-            raise AssertionError(f"broker.stop() left tasks running: {leftovers}")
+    with broker_harnesses(pki, authorizer) as start:
+        yield start
 
 
 @pytest.fixture

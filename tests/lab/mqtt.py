@@ -12,7 +12,8 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from thingward.broker.base import BrokerTls, InboundMessage
+from thingward.broker.base import BrokerLimits, BrokerTls, InboundMessage
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.pki.ca import (
     CertificateAuthority,
@@ -204,3 +205,29 @@ class BrokerHarness:
             if not self.thread.is_alive():
                 self.loop.close()
         return leftovers
+
+
+@contextmanager
+def broker_harnesses(pki: Pki, authorizer: Any) -> Iterator[Callable[..., BrokerHarness]]:
+    """A factory of started brokers (keyword overrides for EmbeddedBroker); all stopped at the end, and a
+    broker whose stop() leaves a task behind fails the test."""
+    started: list[BrokerHarness] = []
+
+    def start(**overrides: Any) -> BrokerHarness:
+        kwargs: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "tls": pki.tls,
+            "limits": BrokerLimits(),
+            "authorizer": authorizer,
+        }
+        kwargs.update(overrides)
+        harness = BrokerHarness(kwargs)
+        started.append(harness)
+        return harness
+
+    yield start
+    for harness in started:
+        leftovers = harness.close()
+        if leftovers:
+            raise AssertionError(f"broker.stop() left tasks running: {leftovers}")

@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lab.mqtt import WAIT, BrokerHarness, Creds, Pki
-from thingward.broker.base import BrokerLimits
+from lab.mqtt import WAIT, BrokerHarness, Creds, Pki, broker_harnesses
 from thingward.pki.ca import (
     certificate_pem,
     private_key_pem,
@@ -80,24 +79,8 @@ def engine() -> PolicyEngine:
 
 @pytest.fixture
 def broker_factory(pki: Pki, engine: PolicyEngine) -> Iterator[Callable[..., BrokerHarness]]:
-    started: list[BrokerHarness] = []
-
-    def start(**overrides: Any) -> BrokerHarness:
-        kwargs: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": 0,
-            "tls": pki.tls,
-            "limits": BrokerLimits(),
-            "authorizer": engine,
-        }
-        kwargs.update(overrides)
-        harness = BrokerHarness(kwargs)
-        started.append(harness)
-        return harness
-
-    yield start
-    for harness in started:
-        harness.close()
+    with broker_harnesses(pki, engine) as start:
+        yield start
 
 
 @pytest.fixture
