@@ -134,6 +134,12 @@ class Platform:
     def ca(self) -> ca_mod.CertificateAuthority:
         return ca_mod.load_ca(self.settings.pki_dir, _ca_passphrase(self.settings.pki.ca_passphrase_env))
 
+    def ca_certificate_not_after(self) -> dt.datetime:
+        """When the CA certificate expires; needs no passphrase (the certificate is public)."""
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(self.ca_certificate_path.read_bytes()).not_valid_after_utc
+
     @property
     def ca_certificate_path(self) -> Path:
         return self.settings.pki_dir / ca_mod.CA_CERT_FILE

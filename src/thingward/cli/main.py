@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from thingward import __version__
-from thingward.cli import device, group, policy
+from thingward.cli import audit, device, group, policy
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.add_typer(device.app, name="device")
 app.add_typer(group.app, name="group")
 app.add_typer(policy.app, name="policy")
+app.add_typer(audit.app, name="audit")
 
 
 def _version(value: bool) -> None:

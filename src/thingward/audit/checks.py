@@ -1,0 +1,309 @@
+"""The audit checks: each is a pure function of an `AuditSnapshot` and returns a `CheckResult`.
+
+A check whose subject does not exist yet on this platform (user accounts, firmware, device-reported
+ports) is reported as not applicable, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from thingward.audit.model import AuditSnapshot, CheckInfo, CheckResult, Finding, Severity
+from thingward.policy.lint import lint_world
+
+ETSI = "etsi_en_303_645"
+OWASP = "owasp_iot_top10"
+PSTI = "uk_psti"
+
+Check = Callable[[AuditSnapshot], CheckResult]
+
+POLICY_OVERLY_PERMISSIVE = CheckInfo(
+    id="POLICY_OVERLY_PERMISSIVE",
+    title="A policy lets devices reach beyond their own topics",
+    severity="high",
+    part="cloud",
+    remediation="Scope publish/subscribe/receive resources to things/${thing.name}/...; never '#' or '+' first.",
+    references={ETSI: "5.6 Minimize exposed attack surfaces", OWASP: "I3 Insecure Ecosystem Interfaces"},
+)
+POLICY_ON_SINGLE_THING = CheckInfo(
+    id="POLICY_ON_SINGLE_THING",
+    title="A policy is attached to a single thing instead of a group",
+    severity="medium",
+    part="cloud",
+    remediation="Attach the policy to a thing group and put the thing in it (thingward policy attach --group).",
+    references={OWASP: "I8 Lack of Device Management"},
+)
+POLICY_USELESS_DENY = CheckInfo(
+    id="POLICY_USELESS_DENY",
+    title="A deny statement can never match what it was meant to deny",
+    severity="medium",
+    part="cloud",
+    remediation="Fix the deny's topic pattern so it covers the topics that allows grant; check with 'policy explain'.",
+    references={ETSI: "5.6 Minimize exposed attack surfaces", OWASP: "I3 Insecure Ecosystem Interfaces"},
+)
+POLICY_BROKEN_REFERENCE = CheckInfo(
+    id="POLICY_BROKEN_REFERENCE",
+    title="A policy refers to an attribute or object some members lack",
+    severity="low",
+    part="cloud",
+    remediation="Set the attribute on every member or change the policy: where it is missing, nothing is granted.",
+    references={OWASP: "I8 Lack of Device Management"},
+)
+DEVICE_CERT_EXPIRING = CheckInfo(
+    id="DEVICE_CERT_EXPIRING",
+    title="A device certificate expires soon or has expired",
+    severity="medium",
+    part="device",
+    remediation="Re-enroll the device with a new token (thingward device token NAME) before the date.",
+    references={ETSI: "5.5 Communicate securely", OWASP: "I8 Lack of Device Management"},
+)
+CA_CERT_EXPIRING = CheckInfo(
+    id="CA_CERT_EXPIRING",
+    title="The platform CA certificate expires soon or has expired",
+    severity="critical",
+    part="cloud",
+    remediation="Plan a CA rotation: every device certificate and the server certificate chain to this CA.",
+    references={ETSI: "5.5 Communicate securely", OWASP: "I8 Lack of Device Management"},
+)
+WEAK_DEVICE_KEY = CheckInfo(
+    id="WEAK_DEVICE_KEY",
+    title="An active device certificate carries a weak key",
+    severity="high",
+    part="device",
+    remediation="Revoke the certificate and re-enroll the device with an EC P-256 key.",
+    references={
+        ETSI: "5.4 Securely store sensitive security parameters",
+        OWASP: "I7 Insecure Data Transfer and Storage",
+    },
+)
+REVOKED_BUT_CONNECTED = CheckInfo(
+    id="REVOKED_BUT_CONNECTED",
+    title="A revoked or disabled device still has a live session",
+    severity="critical",
+    part="network",
+    remediation="Run 'thingward device disable NAME'; a running server drops the session within a second.",
+    references={ETSI: "5.5 Communicate securely", OWASP: "I8 Lack of Device Management"},
+)
+STALE_DEVICE = CheckInfo(
+    id="STALE_DEVICE",
+    title="A device has not been seen for a long time",
+    severity="low",
+    part="device",
+    remediation="Find out why it is silent; disable it if it is gone, so its certificate cannot be reused.",
+    references={ETSI: "5.10 Examine system telemetry data", OWASP: "I8 Lack of Device Management"},
+)
+PLAINTEXT_LISTENER = CheckInfo(
+    id="PLAINTEXT_LISTENER",
+    title="A plaintext MQTT listener is configured",
+    severity="high",
+    part="network",
+    remediation="Remove [mqtt] plaintext_port from thingward.toml; devices connect over mutual TLS only.",
+    references={ETSI: "5.5 Communicate securely", OWASP: "I7 Insecure Data Transfer and Storage"},
+)
+CA_KEY_UNENCRYPTED = CheckInfo(
+    id="CA_KEY_UNENCRYPTED",
+    title="The CA private key is stored unencrypted",
+    severity="medium",
+    part="cloud",
+    remediation="Encrypt it at rest: init with --ca-passphrase-env (a new data dir), or keep the key in an HSM.",
+    references={
+        ETSI: "5.4 Securely store sensitive security parameters",
+        OWASP: "I7 Insecure Data Transfer and Storage",
+    },
+)
+AUDIT_LOG_TAMPERED = CheckInfo(
+    id="AUDIT_LOG_TAMPERED",
+    title="The audit log's hash chain is broken",
+    severity="critical",
+    part="cloud",
+    remediation="Someone changed the audit log outside thingward: treat as an incident; see 'thingward log verify'.",
+    references={ETSI: "5.10 Examine system telemetry data", OWASP: "I8 Lack of Device Management"},
+)
+USERS_WITHOUT_2FA = CheckInfo(
+    id="USERS_WITHOUT_2FA",
+    title="A user or admin has no second factor",
+    severity="high",
+    part="app",
+    remediation="Require TOTP for every admin.",
+    references={
+        ETSI: "5.1 No universal default passwords",
+        OWASP: "I1 Weak, Guessable, or Hardcoded Passwords",
+        PSTI: "1 Passwords",
+    },
+)
+FIRMWARE_ADVISORY = CheckInfo(
+    id="FIRMWARE_ADVISORY",
+    title="A device runs firmware with a published advisory",
+    severity="high",
+    part="device",
+    remediation="Start a rollout to the first fixed version.",
+    references={
+        ETSI: "5.3 Keep software updated",
+        OWASP: "I4 Lack of Secure Update Mechanism",
+        PSTI: "3 Security update period",
+    },
+)
+DEVICE_OPEN_PORTS = CheckInfo(
+    id="DEVICE_OPEN_PORTS",
+    title="A device reports listening services outside its model's allowed list (Telnet, SSH, ...)",
+    severity="high",
+    part="device",
+    remediation="Ship firmware with the service off.",
+    references={ETSI: "5.6 Minimize exposed attack surfaces", OWASP: "I2 Insecure Network Services"},
+)
+
+_LINT_CHECKS: dict[str, CheckInfo] = {
+    "overly-permissive-wildcard": POLICY_OVERLY_PERMISSIVE,
+    "allow-outside-thing-namespace": POLICY_OVERLY_PERMISSIVE,
+    "policy-attached-to-thing": POLICY_ON_SINGLE_THING,
+    "useless-deny": POLICY_USELESS_DENY,
+    "missing-thing-attribute": POLICY_BROKEN_REFERENCE,
+    "dangling-reference": POLICY_BROKEN_REFERENCE,
+}
+
+
+def _result(info: CheckInfo, findings: list[Finding]) -> CheckResult:
+    return CheckResult(info=info, status="fail" if findings else "pass", findings=tuple(findings))
+
+
+def policy_checks(snapshot: AuditSnapshot) -> list[CheckResult]:
+    """The policy checks share one lint pass over the world."""
+    by_check: dict[str, list[Finding]] = {info.id: [] for info in _LINT_CHECKS.values()}
+    for lint in lint_world(snapshot.world):
+        info = _LINT_CHECKS.get(lint.code)
+        if info is None:
+            continue  # e.g. an unattached policy: untidy, not a weakness
+        resource = f"policy:{lint.policy}" if lint.policy else lint.target
+        by_check[info.id].append(Finding(resource=resource, message=lint.message, severity=lint.severity))
+    infos = {info.id: info for info in _LINT_CHECKS.values()}
+    return [_result(infos[check_id], findings) for check_id, findings in by_check.items()]
+
+
+def _expiry_severity(remaining: dt.timedelta, default: Severity) -> Severity:
+    return "critical" if remaining <= dt.timedelta(0) else default
+
+
+def device_certificates_expiring(snapshot: AuditSnapshot) -> CheckResult:
+    horizon = dt.timedelta(days=snapshot.expiry_days)
+    disabled = {d.name for d in snapshot.devices if d.disabled}
+    findings = []
+    for cert in snapshot.certificates:
+        if cert.status != "active" or cert.thing in disabled:
+            continue
+        remaining = cert.not_after - snapshot.now
+        if remaining <= horizon:
+            when = "expired" if remaining <= dt.timedelta(0) else f"expires in {remaining.days} day(s)"
+            findings.append(
+                Finding(
+                    resource=f"thing:{cert.thing}",
+                    message=f"certificate {cert.serial} {when} ({cert.not_after:%Y-%m-%d})",
+                    severity=_expiry_severity(remaining, DEVICE_CERT_EXPIRING.severity),
+                )
+            )
+    return _result(DEVICE_CERT_EXPIRING, findings)
+
+
+def ca_certificate_expiring(snapshot: AuditSnapshot) -> CheckResult:
+    if snapshot.ca_not_after is None:
+        return CheckResult(CA_CERT_EXPIRING, "not_applicable", note="no CA certificate was found")
+    remaining = snapshot.ca_not_after - snapshot.now
+    findings = []
+    if remaining <= dt.timedelta(days=max(snapshot.expiry_days, 365)):
+        findings.append(
+            Finding(
+                resource="ca",
+                message=f"the platform CA certificate expires on {snapshot.ca_not_after:%Y-%m-%d}",
+                severity=CA_CERT_EXPIRING.severity,
+            )
+        )
+    return _result(CA_CERT_EXPIRING, findings)
+
+
+def weak_device_keys(snapshot: AuditSnapshot) -> CheckResult:
+    findings = []
+    for cert in snapshot.certificates:
+        if cert.status != "active":
+            continue
+        kind, _, size = cert.key_type.partition("-")
+        weak = (kind == "rsa" and size.isdigit() and int(size) < 2048) or (
+            kind == "ec" and size not in {"secp256r1", "secp384r1", "secp521r1"}
+        )
+        if weak or kind not in {"rsa", "ec"}:
+            findings.append(
+                Finding(f"thing:{cert.thing}", f"certificate {cert.serial} has a {cert.key_type} key", "high")
+            )
+    return _result(WEAK_DEVICE_KEY, findings)
+
+
+def revoked_but_connected(snapshot: AuditSnapshot) -> CheckResult:
+    if snapshot.live_things is None:
+        return CheckResult(REVOKED_BUT_CONNECTED, "not_applicable", note="needs the session list of a running server")
+    active = {c.thing for c in snapshot.certificates if c.status == "active"}
+    disabled = {d.name for d in snapshot.devices if d.disabled}
+    findings = [
+        Finding(f"thing:{thing}", "connected without an active certificate, or while disabled", "critical")
+        for thing in sorted(snapshot.live_things)
+        if thing in disabled or thing not in active
+    ]
+    return _result(REVOKED_BUT_CONNECTED, findings)
+
+
+def stale_devices(snapshot: AuditSnapshot) -> CheckResult:
+    horizon = dt.timedelta(days=snapshot.stale_days)
+    findings = []
+    for device in snapshot.devices:
+        if device.disabled:
+            continue
+        seen = device.last_seen_at or device.created_at
+        if snapshot.now - seen > horizon:
+            what = f"last seen {seen:%Y-%m-%d}" if device.last_seen_at else f"never seen since {seen:%Y-%m-%d}"
+            findings.append(Finding(f"thing:{device.name}", what, STALE_DEVICE.severity))
+    return _result(STALE_DEVICE, findings)
+
+
+def plaintext_listener(snapshot: AuditSnapshot) -> CheckResult:
+    findings = []
+    if snapshot.plaintext_port is not None:
+        findings.append(
+            Finding("config:mqtt.plaintext_port", f"plaintext MQTT on port {snapshot.plaintext_port}", "high")
+        )
+    return _result(PLAINTEXT_LISTENER, findings)
+
+
+def ca_key_unencrypted(snapshot: AuditSnapshot) -> CheckResult:
+    findings = [] if snapshot.ca_key_encrypted else [Finding("ca", "pki/ca.key is not encrypted at rest", "medium")]
+    return _result(CA_KEY_UNENCRYPTED, findings)
+
+
+def audit_log_tampered(snapshot: AuditSnapshot) -> CheckResult:
+    findings = (
+        [] if snapshot.audit_chain_intact else [Finding("audit_log", "the hash chain does not verify", "critical")]
+    )
+    return _result(AUDIT_LOG_TAMPERED, findings)
+
+
+def _not_yet(info: CheckInfo, why: str) -> Check:
+    def check(_snapshot: AuditSnapshot) -> CheckResult:
+        return CheckResult(info, "not_applicable", note=why)
+
+    return check
+
+
+SINGLE_CHECKS: tuple[Check, ...] = (
+    device_certificates_expiring,
+    ca_certificate_expiring,
+    weak_device_keys,
+    revoked_but_connected,
+    stale_devices,
+    plaintext_listener,
+    ca_key_unencrypted,
+    audit_log_tampered,
+    _not_yet(USERS_WITHOUT_2FA, "this platform has no user accounts yet"),
+    _not_yet(FIRMWARE_ADVISORY, "this platform has no firmware registry yet"),
+    _not_yet(DEVICE_OPEN_PORTS, "devices do not report their listening ports yet"),
+)
+
+
+def run_checks(snapshot: AuditSnapshot) -> list[CheckResult]:
+    return [*policy_checks(snapshot), *(check(snapshot) for check in SINGLE_CHECKS)]

@@ -1,0 +1,49 @@
+"""The edge of the audit: read the registry, the config and the CA into an `AuditSnapshot`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+
+from thingward.audit.model import AuditSnapshot, CertificateFacts, DeviceFacts
+from thingward.pki.ca import CA_KEY_FILE
+from thingward.platform import Platform
+from thingward.registry.audit_log import verify_audit_chain
+from thingward.registry.models import Certificate, Thing
+from thingward.registry.policies import load_policy_world
+
+
+def gather_snapshot(
+    platform: Platform,
+    expiry_days: int = 30,
+    stale_days: int = 30,
+    live_things: frozenset[str] | None = None,
+    now: dt.datetime | None = None,
+) -> AuditSnapshot:
+    settings = platform.settings
+    with platform.db.read() as session:
+        world = load_policy_world(session)
+        certificates = tuple(
+            CertificateFacts(thing=name, serial=c.serial, status=c.status, not_after=c.not_after, key_type=c.key_type)
+            for c, name in session.execute(select(Certificate, Thing.name).join(Thing))
+        )
+        devices = tuple(
+            DeviceFacts(name=t.name, disabled=t.disabled, created_at=t.created_at, last_seen_at=t.last_seen_at)
+            for t in session.execute(select(Thing)).scalars()
+        )
+        chain_intact = verify_audit_chain(session) is None
+    ca_key = (settings.pki_dir / CA_KEY_FILE).read_bytes()
+    return AuditSnapshot(
+        now=now or dt.datetime.now(dt.UTC),
+        world=world,
+        certificates=certificates,
+        devices=devices,
+        ca_not_after=platform.ca_certificate_not_after(),
+        ca_key_encrypted=b"ENCRYPTED" in ca_key,
+        plaintext_port=settings.mqtt.plaintext_port,
+        audit_chain_intact=chain_intact,
+        expiry_days=expiry_days,
+        stale_days=stale_days,
+        live_things=live_things,
+    )

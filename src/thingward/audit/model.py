@@ -1,0 +1,94 @@
+"""What the audit works on and what it produces: a snapshot of facts in, check results out. No I/O here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from thingward.policy.world import PolicyWorld
+
+Severity = Literal["critical", "high", "medium", "low"]
+Part = Literal["device", "network", "cloud", "app"]
+Status = Literal["pass", "fail", "not_applicable"]
+
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+
+
+def severity_rank(severity: Severity) -> int:
+    """0 for critical, 3 for low: lower is worse."""
+    return SEVERITIES.index(severity)
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    id: str
+    title: str
+    severity: Severity
+    part: Part
+    remediation: str
+    # Clause of each standard the weakness breaks: keys "etsi_en_303_645", "owasp_iot_top10", "uk_psti".
+    references: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Finding:
+    resource: str
+    message: str
+    severity: Severity
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    info: CheckInfo
+    status: Status
+    findings: tuple[Finding, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.info.id,
+            "title": self.info.title,
+            "part": self.info.part,
+            "severity": self.info.severity,
+            "status": self.status,
+            "note": self.note,
+            "remediation": self.info.remediation,
+            "references": dict(self.info.references),
+            "findings": [{"resource": f.resource, "message": f.message, "severity": f.severity} for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    thing: str
+    serial: str
+    status: str  # active | revoked
+    not_after: dt.datetime
+    key_type: str  # e.g. ec-secp256r1, rsa-2048
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    name: str
+    disabled: bool
+    created_at: dt.datetime
+    last_seen_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AuditSnapshot:
+    """Everything the checks look at, gathered at the edge (see `thingward.audit.gather`)."""
+
+    now: dt.datetime
+    world: PolicyWorld
+    certificates: tuple[CertificateFacts, ...] = ()
+    devices: tuple[DeviceFacts, ...] = ()
+    ca_not_after: dt.datetime | None = None
+    ca_key_encrypted: bool = False
+    plaintext_port: int | None = None
+    audit_chain_intact: bool = True
+    expiry_days: int = 30
+    stale_days: int = 30
+    live_things: frozenset[str] | None = field(default=None)  # None: no running server was asked
