@@ -171,5 +171,28 @@ def test_cli_audit_on_a_real_data_dir(tmp_path: Path) -> None:
     gated = runner.invoke(app, ["audit", "--data-dir", data, "--json", "--fail-on", "medium"])
     assert gated.exit_code == 1
     assert runner.invoke(app, ["audit", "--data-dir", data, "--json", "--fail-on", "high"]).exit_code == 0
+    page = tmp_path / "report.html"
+    assert runner.invoke(app, ["audit", "--data-dir", data, "--html", str(page), "--json"]).exit_code == 0
+    assert "CA_KEY_UNENCRYPTED" in page.read_text()
     bad = runner.invoke(app, ["audit", "--data-dir", data, "--json", "--fail-on", "severe"])
     assert bad.exit_code == 1 and "unknown severity" in json.loads(bad.stdout)["error"]
+
+
+def test_a_failed_check_is_as_severe_as_its_worst_finding() -> None:
+    expired = CertificateFacts("cam1", "aa", "active", NOW - DAY, "ec-secp256r1")
+    checked = result("DEVICE_CERT_EXPIRING", snapshot(certificates=(expired,)))
+    assert checked.info.severity == "medium" and checked.severity == "critical"
+    assert build_report([checked], NOW)["checks"][0]["severity"] == "critical"
+
+
+def test_html_report_is_self_contained_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    from thingward.audit.html import render_html
+
+    hostile = {"statements": [{"sid": "x", "effect": "allow", "actions": ["receive"], "resources": ["#"]}]}
+    results = checks.run_checks(snapshot(world=world(hostile), plaintext_port=1883))
+    report = build_report(results, NOW)
+    report["checks"][0]["findings"][0]["message"] = "<script>alert(1)</script>"
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "http://" not in page and "https://" not in page  # nothing loaded from elsewhere
+    assert "POLICY_OVERLY_PERMISSIVE" in page and "ETSI EN 303 645" in page

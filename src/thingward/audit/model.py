@@ -46,12 +46,19 @@ class CheckResult:
     findings: tuple[Finding, ...] = ()
     note: str = ""
 
+    @property
+    def severity(self) -> Severity:
+        """The worst finding's severity when there are findings, else the check's own."""
+        if not self.findings:
+            return self.info.severity
+        return min((f.severity for f in self.findings), key=severity_rank)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.info.id,
             "title": self.info.title,
             "part": self.info.part,
-            "severity": self.info.severity,
+            "severity": self.severity,
             "status": self.status,
             "note": self.note,
             "remediation": self.info.remediation,

@@ -16,7 +16,7 @@ def build_report(results: Sequence[CheckResult], generated_at: dt.datetime) -> d
         statuses[result.status] += 1
         for finding in result.findings:
             findings_by_severity[finding.severity] += 1
-    ordered = sorted(results, key=lambda r: (r.status != "fail", severity_rank(r.info.severity), r.info.id))
+    ordered = sorted(results, key=lambda r: (r.status != "fail", severity_rank(r.severity), r.info.id))
     return {
         "generated_at": generated_at.isoformat(),
         "summary": {"findings": findings_by_severity, "checks": statuses},

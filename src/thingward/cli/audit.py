@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,10 +10,12 @@ from rich.table import Table
 
 from thingward.audit.checks import run_checks
 from thingward.audit.gather import gather_snapshot
+from thingward.audit.html import render_html
 from thingward.audit.model import SEVERITIES, Severity
 from thingward.audit.report import build_report, fails_gate
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.errors import InvalidInputError
+from thingward.pki.files import write_atomic
 
 app = typer.Typer(help="Fleet security audit.", invoke_without_command=True)
 
@@ -37,6 +40,7 @@ def audit(
     ] = None,
     expiry_days: Annotated[int, typer.Option("--expiry-days", min=1, help="Certificates expiring within N days.")] = 30,
     stale_days: Annotated[int, typer.Option("--stale-days", min=1, help="Devices not seen for N days.")] = 30,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -48,6 +52,8 @@ def audit(
     snapshot = gather_snapshot(platform, expiry_days=expiry_days, stale_days=stale_days)
     results = run_checks(snapshot)
     report = build_report(results, snapshot.now)
+    if html is not None:
+        write_atomic(html, render_html(report).encode())
 
     def human() -> None:
         table = Table("severity")
