@@ -26,6 +26,7 @@ from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
 from thingward.platform import Platform
 from thingward.policy.engine import PolicyEngine
+from thingward.policy.world import PolicyWorld
 from thingward.registry.audit_log import latest_event_id
 from thingward.registry.models import Certificate, Thing
 from thingward.registry.policies import load_policy_world
@@ -223,6 +224,6 @@ class ThingwardServer:
                 self.metrics.sessions_dropped.inc(dropped)
                 logger.info("dropped %d live session(s) of %s: no longer allowed to connect", dropped, thing)
 
-    def _load_world(self):  # type: ignore[no-untyped-def]
+    def _load_world(self) -> PolicyWorld:
         with self.platform.db.read() as session:
             return load_policy_world(session)
