@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab.mqtt_packets import (
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBREC,
+    SUBACK,
+    UNSUBACK,
+    Closed,
+    Packet,
+    connect_packet,
+    puback_packet,
+    publish_packet,
+    pubrel_packet,
+    subscribe_packet,
+    unsubscribe_packet,
+)
 from thingward.broker import _amqtt_core
 from thingward.broker._amqtt_core import MAX_RETAINED_PER_THING, MAX_SUBSCRIPTIONS_PER_CLIENT
 from thingward.broker._framing import MAX_INFLIGHT_QOS2, FramedReader, valid_topic_name
@@ -29,72 +45,6 @@ from thingward.broker._framing import MAX_INFLIGHT_QOS2, FramedReader, valid_top
 WAIT = 5.0
 
 # -- a raw MQTT 3.1.1 client ------------------------------------------------------------------------------
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _remaining_length(len(body)) + body
-
-
-def connect_packet(client_id: str, *, clean: bool = True) -> bytes:
-    flags = 0x02 if clean else 0x00
-    return _packet(0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 30) + _string(client_id))
-
-
-def publish_packet(topic: str | bytes, payload: bytes, *, qos: int = 0, retain: bool = False, pid: int = 1) -> bytes:
-    first = 0x30 | (qos << 1) | (1 if retain else 0)
-    return _packet(first, _string(topic) + (struct.pack("!H", pid) if qos else b"") + payload)
-
-
-def subscribe_packet(pid: int, *filters: str) -> bytes:
-    return _packet(0x82, struct.pack("!H", pid) + b"".join(_string(f) + b"\x01" for f in filters))
-
-
-def unsubscribe_packet(pid: int, *filters: str) -> bytes:
-    return _packet(0xA2, struct.pack("!H", pid) + b"".join(_string(f) for f in filters))
-
-
-def pubrel_packet(pid: int) -> bytes:
-    return _packet(0x62, struct.pack("!H", pid))
-
-
-PINGREQ = b"\xc0\x00"
-DISCONNECT = b"\xe0\x00"
-PUBACK, PUBREC, SUBACK, UNSUBACK, PINGRESP = 4, 5, 9, 11, 13
-
-
-class Closed(Exception):
-    pass
-
-
-@dataclass
-class Packet:
-    type: int
-    flags: int
-    body: bytes
-
-    @property
-    def packet_id(self) -> int:
-        return int(struct.unpack("!H", self.body[:2])[0])
-
-    def publish(self) -> tuple[str, bytes, bool]:
-        """topic, payload, retain of a PUBLISH."""
-        length = struct.unpack("!H", self.body[:2])[0]
-        start = 2 + length + (2 if (self.flags >> 1) & 3 else 0)
-        return self.body[2 : 2 + length].decode(), self.body[start:], bool(self.flags & 1)
 
 
 @dataclass
@@ -126,7 +76,7 @@ class RawDevice:
                     packet = Packet(self.buf[0] >> 4, self.buf[0] & 0x0F, bytes(self.buf[index : index + length]))
                     del self.buf[: index + length]
                     if packet.type == 3 and (packet.flags >> 1) & 3 == 1:
-                        self.send(_packet(0x40, struct.pack("!H", packet.packet_id)))
+                        self.send(puback_packet(packet.packet_id))
                     return packet
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -174,7 +124,8 @@ class RawDevice:
         while not seen or seen[-1][0] != sentinel_topic:
             packet = self.skipped.pop(0) if self.skipped else self.read(max(0.0, deadline - time.monotonic()))
             if packet.type == 3:
-                seen.append(packet.publish())
+                topic, payload, _qos, retain = packet.publish()
+                seen.append((topic, payload, retain))
         return seen
 
     def packets_until_closed(self, timeout: float = 3.0) -> list[int] | None:
