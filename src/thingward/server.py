@@ -212,6 +212,8 @@ class ThingwardServer:
         revoked = await asyncio.to_thread(_revoked_certificates, self.platform)
         newly_revoked_things = {name for serial, name in revoked.items() if serial not in self._revoked}
         if newly_revoked_things:
+            # Written here from the registry, not only by the revoking process: that process commits first
+            # and writes the file after, so reloading its file now could miss the new serial.
             await asyncio.to_thread(self.platform.write_crl)
             self.broker.reload_crl()
         self._revoked = revoked

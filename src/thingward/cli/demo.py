@@ -23,6 +23,7 @@ from thingward.device.simulator import SimulatedCamera, provision_cameras
 from thingward.platform import Platform, init_data_dir
 from thingward.registry.models import Message, Thing
 
+STORE_WAIT = 5.0  # seconds to wait for sent messages to be stored before the summary
 DEMO_CAMERAS = ["front-door-cam", "backyard-cam"]
 
 
@@ -155,8 +156,13 @@ def _run_cameras(
     finally:
         for cam in cameras:
             cam.stop()
-    time.sleep(0.5)  # let the last QoS 1 messages reach storage before counting
+    sent = {c.name: c.stats.telemetry + c.stats.events for c in cameras}
+    # The ingest writer flushes every 0.1 s: wait (bounded) for the last QoS 1 messages to land.
+    deadline = time.monotonic() + STORE_WAIT
     stored = _stored_counts(platform, names, baseline)
+    while stored != sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stored = _stored_counts(platform, names, baseline)
     return {
         "cameras": {
             c.name: {

@@ -156,8 +156,6 @@ def explain(
             )
 
     emit(as_json, result, human)
-    if result["decision"] != "allow" and not as_json:
-        raise typer.Exit(0)
 
 
 @app.command("who-can")
