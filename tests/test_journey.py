@@ -142,6 +142,19 @@ def stored_count(served: Served, name: str) -> int:
         platform.close()
 
 
+def reported_version(served: Served, name: str) -> str | None:
+    from thingward.platform import Platform
+    from thingward.registry.device_state import latest_report
+
+    platform = Platform.open(served.data_dir)
+    try:
+        with platform.db.read() as session:
+            latest = latest_report(session, name)
+        return latest.report.firmware_version if latest else None
+    finally:
+        platform.close()
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -386,3 +399,84 @@ def test_enroll_reads_the_token_from_the_environment(served: Served, tmp_path: P
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["name"] == "cam-env"
     assert added["enrollment_token"] not in " ".join(base)
+
+
+def test_device_reports_its_state_and_the_audit_judges_it(served: Served, tmp_path: Path) -> None:
+    from thingward.device.state import DeviceState, ListeningPorts
+
+    device = connect(served, "cam-state", enroll(served, "cam-state", tmp_path))
+    cli(served.data_dir, "model", "set", "cam-j", "--tcp", "443,8883", "--udp", "5353")
+    cli(served.data_dir, "advisory", "add", "CVE-2026-4242", "--model", "cam-j", "--fixed-in", "2.1.0")
+    try:
+        state = DeviceState("cam-j", "2.0.9", ListeningPorts(tcp=(23, 443, 8080), udp=(5353,)), "provisioned")
+        device.publish_state(state).wait_for_publish(5)
+        assert wait_for(lambda: reported_version(served, "cam-state") == "2.0.9", 5)
+        # A malformed report afterwards is dropped; the last good one stays.
+        device.publish("things/cam-state/state", b'{"ports": {"tcp": ["telnet"]}}', qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+    finally:
+        device.close()
+    shown = cli(served.data_dir, "device", "show", "cam-state")["reported_state"]
+    assert shown["firmware"] == {"model": "cam-j", "version": "2.0.9"}
+    assert shown["ports"] == {"tcp": [23, 443, 8080], "udp": [5353]}
+    affected = cli(served.data_dir, "advisory", "affected", "CVE-2026-4242")
+    assert affected["devices"] == [{"thing": "cam-state", "model": "cam-j", "version": "2.0.9"}]
+
+    report = cli(served.data_dir, "audit", check=False)
+    by_id = {c["id"]: c for c in report["checks"]}
+    ports = [
+        (f["severity"], f["message"]) for f in by_id["DEVICE_OPEN_PORTS"]["findings"] if "cam-state" in f["resource"]
+    ]
+    assert ports == [
+        ("critical", "Telnet listening on TCP 23: a plaintext login"),
+        ("medium", "TCP 8080 is not in model cam-j's allowed ports"),
+    ]
+    firmware = [f["message"] for f in by_id["FIRMWARE_ADVISORY"]["findings"] if "cam-state" in f["resource"]]
+    assert firmware == ["cam-j firmware 2.0.9 is affected by CVE-2026-4242 (fixed in 2.1.0)"]
+    # The server is running, so the live-session checks are judged, not skipped.
+    assert by_id["REVOKED_BUT_CONNECTED"]["status"] != "not_applicable"
+
+
+def test_a_cloned_certificate_used_from_two_addresses_is_flagged(served: Served, tmp_path: Path) -> None:
+    directory = enroll(served, "cam-clone", tmp_path)
+
+    def copy(source_address: str) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-clone")
+        client.tls_set(
+            ca_certs=str(directory / "ca.crt"),
+            certfile=str(directory / "device.crt"),
+            keyfile=str(directory / "device.key"),
+        )
+        connected = threading.Event()
+        client.on_connect = lambda *_args: connected.set()
+        client.connect(served.mqtt_host, served.mqtt_port, bind_address=source_address)
+        client.loop_start()
+        assert connected.wait(5), f"copy at {source_address} did not connect"
+        return client
+
+    clients = []
+    try:
+        for source in ["127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2"]:  # each copy closes the one before
+            clients.append(copy(source))
+            time.sleep(0.3)
+
+        def flagged() -> list[str]:
+            report = cli(served.data_dir, "audit", check=False)
+            check = next(c for c in report["checks"] if c["id"] == "SHARED_IDENTITY")
+            return [f["message"] for f in check["findings"] if f["resource"] == "thing:cam-clone"]
+
+        live = served.data_dir / "run" / "live.json"
+        assert wait_for(lambda: live.exists() and live.read_text().count('"old_peer"') >= 3, 10, interval=0.2)
+        # Kicked copies reconnect and kick back, as real clones do: the count only grows.
+        [message] = flagged()
+        count, _, rest = message.partition(" ")
+        assert int(count) >= 3 and rest == "session takeovers in 10 min from 127.0.0.1, 127.0.0.2"
+    finally:
+        for client in clients:
+            client.loop_stop()
+            client.disconnect()
+    assert stat_mode(served.data_dir / "run" / "live.json") == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

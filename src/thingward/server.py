@@ -24,6 +24,7 @@ from thingward.app.metrics import Metrics
 from thingward.broker.base import BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
+from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, write_live_state
 from thingward.platform import Platform
 from thingward.policy.engine import PolicyEngine
 from thingward.policy.world import PolicyWorld
@@ -183,12 +184,30 @@ class ThingwardServer:
         await self.writer.stop()
 
     async def _watch(self) -> None:
+        live_written = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             try:
                 await self.apply_changes()
             except Exception:
                 logger.exception("applying registry changes failed; will retry")
+            now = asyncio.get_running_loop().time()
+            if now - live_written >= WRITE_INTERVAL:
+                live_written = now
+                try:
+                    await self.write_live_state()
+                except OSError:
+                    logger.exception("writing the live session state failed; will retry")
+
+    async def write_live_state(self) -> None:
+        """Share the live sessions and recent takeovers with other processes (the audit).
+
+        Read on the loop, where the broker changes them; written in a thread.
+        """
+        sessions = [s.to_dict() for s in self.broker.live_sessions()]
+        takeovers = {thing: [t.to_dict() for t in events] for thing, events in self.broker.takeovers().items()}
+        path = self.platform.settings.data_dir / LIVE_STATE_FILE
+        await asyncio.to_thread(write_live_state, path, sessions, takeovers)
 
     async def apply_changes(self, force: bool = False) -> None:
         """Bring the data plane in line with the registry when it changed since the last look."""

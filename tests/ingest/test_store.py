@@ -21,7 +21,8 @@ def _msg(thing: str, topic: str, payload: bytes = b"{}") -> InboundMessage:
         ("cam1", "things/cam1/telemetry", "telemetry"),
         ("cam1", "things/cam1/events/motion", "event"),
         ("cam1", "things/cam2/telemetry", None),  # a topic naming another thing never becomes its history
-        ("cam1", "things/cam1/state", None),
+        ("cam1", "things/cam1/state", "state"),
+        ("cam1", "things/cam2/state", None),  # nor its state report
         ("cam1", "things/cam1/events/a/b", None),
         ("cam1", "things/cam1/telemetry/extra", None),
     ],

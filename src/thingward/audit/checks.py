@@ -7,9 +7,12 @@ ports) is reported as not applicable, never silently skipped.
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Callable
 
-from thingward.audit.model import AuditSnapshot, CheckInfo, CheckResult, Finding, Severity
+from packaging.version import InvalidVersion, Version
+
+from thingward.audit.model import AdvisoryFacts, AuditSnapshot, CheckInfo, CheckResult, Finding, Severity
 from thingward.policy.lint import lint_world
 
 ETSI = "etsi_en_303_645"
@@ -137,7 +140,7 @@ FIRMWARE_ADVISORY = CheckInfo(
     title="A device runs firmware with a published advisory",
     severity="high",
     part="device",
-    remediation="Start a rollout to the first fixed version.",
+    remediation="Update the affected devices to the fixed version (see 'thingward advisory affected ID').",
     references={
         ETSI: "5.3 Keep software updated",
         OWASP: "I4 Lack of Secure Update Mechanism",
@@ -149,9 +152,36 @@ DEVICE_OPEN_PORTS = CheckInfo(
     title="A device reports listening services outside its model's allowed list (Telnet, SSH, ...)",
     severity="high",
     part="device",
-    remediation="Ship firmware with the service off.",
+    remediation="Ship firmware with the service off; list the ports a model needs with 'thingward model set'.",
     references={ETSI: "5.6 Minimize exposed attack surfaces", OWASP: "I2 Insecure Network Services"},
 )
+ONBOARDING_WINDOW_OPEN = CheckInfo(
+    id="ONBOARDING_WINDOW_OPEN",
+    title="A device has been in onboarding (access point) mode for too long",
+    severity="high",
+    part="network",
+    remediation="Finish or cancel its setup; firmware must close the provisioning window after 3-15 minutes.",
+    references={
+        ETSI: "5.6 Minimize exposed attack surfaces",
+        OWASP: "I9 Insecure Default Settings",
+    },
+)
+SHARED_IDENTITY = CheckInfo(
+    id="SHARED_IDENTITY",
+    title="One device identity is used by several connections (a cloned certificate or a client id conflict)",
+    severity="high",
+    part="network",
+    remediation="Find the copies; revoke the certificate (thingward device revoke NAME) and re-enroll the real device.",
+    references={
+        ETSI: "5.4 Securely store sensitive security parameters",
+        OWASP: "I8 Lack of Device Management",
+    },
+)
+
+TELNET_PORTS = frozenset({23, 2323})
+SSH_PORTS = frozenset({22})
+TAKEOVER_WINDOW = dt.timedelta(minutes=10)
+TAKEOVERS_SUSPICIOUS = 3  # takeovers within the window, from two or more addresses
 
 _LINT_CHECKS: dict[str, CheckInfo] = {
     "overly-permissive-wildcard": POLICY_OVERLY_PERMISSIVE,
@@ -240,13 +270,130 @@ def revoked_but_connected(snapshot: AuditSnapshot) -> CheckResult:
     if snapshot.live_things is None:
         return CheckResult(REVOKED_BUT_CONNECTED, "not_applicable", note="needs the session list of a running server")
     active = {c.thing for c in snapshot.certificates if c.status == "active"}
+    revoked_serials = {c.serial.lower() for c in snapshot.certificates if c.status == "revoked"}
     disabled = {d.name for d in snapshot.devices if d.disabled}
-    findings = [
-        Finding(f"thing:{thing}", "connected without an active certificate, or while disabled", "critical")
-        for thing in sorted(snapshot.live_things)
+    flagged = {
+        thing: "connected without an active certificate, or while disabled"
+        for thing in snapshot.live_things
         if thing in disabled or thing not in active
-    ]
+    }
+    for session in snapshot.sessions or ():
+        if session.serial.lower() in revoked_serials:
+            flagged[session.thing] = f"connected from {session.peer} with revoked certificate {session.serial}"
+    findings = [Finding(f"thing:{thing}", why, "critical") for thing, why in sorted(flagged.items())]
     return _result(REVOKED_BUT_CONNECTED, findings)
+
+
+def _peer_host(peer: str) -> str:
+    return peer.rpartition(":")[0] or peer
+
+
+def shared_identity(snapshot: AuditSnapshot) -> CheckResult:
+    """Sessions of one thing that keep closing each other from different addresses: two devices, one identity."""
+    if snapshot.sessions is None:
+        return CheckResult(SHARED_IDENTITY, "not_applicable", note="needs the session history of a running server")
+    recent: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for takeover in snapshot.takeovers:
+        if snapshot.now - takeover.at <= TAKEOVER_WINDOW:
+            recent[takeover.thing].append((_peer_host(takeover.old_peer), _peer_host(takeover.new_peer)))
+    findings = []
+    for thing, pairs in sorted(recent.items()):
+        hosts = sorted({host for pair in pairs for host in pair})
+        if len(pairs) >= TAKEOVERS_SUSPICIOUS and len(hosts) >= 2:
+            findings.append(
+                Finding(
+                    f"thing:{thing}",
+                    f"{len(pairs)} session takeovers in {TAKEOVER_WINDOW.seconds // 60} min from {', '.join(hosts)}",
+                    SHARED_IDENTITY.severity,
+                )
+            )
+    return _result(SHARED_IDENTITY, findings)
+
+
+def device_open_ports(snapshot: AuditSnapshot) -> CheckResult:
+    reporting = [r for r in snapshot.reports if r.tcp_ports or r.udp_ports or r.firmware_version]
+    if not reporting:
+        return CheckResult(DEVICE_OPEN_PORTS, "not_applicable", note="no device has reported its listening ports")
+    findings = []
+    for report in reporting:
+        resource = f"thing:{report.thing}"
+        profile = snapshot.models.get(report.model or "")
+        for port in report.tcp_ports:
+            if port in TELNET_PORTS:
+                findings.append(Finding(resource, f"Telnet listening on TCP {port}: a plaintext login", "critical"))
+            elif profile is not None and port in profile.allowed_tcp_ports:
+                continue
+            elif port in SSH_PORTS:
+                findings.append(Finding(resource, f"SSH listening on TCP {port}: a remote login in production", "high"))
+            elif profile is not None:
+                findings.append(
+                    Finding(resource, f"TCP {port} is not in model {profile.name}'s allowed ports", "medium")
+                )
+        if profile is not None:
+            findings.extend(
+                Finding(resource, f"UDP {port} is not in model {profile.name}'s allowed ports", "medium")
+                for port in report.udp_ports
+                if port not in profile.allowed_udp_ports
+            )
+        elif report.tcp_ports or report.udp_ports:
+            model = f"model {report.model!r} has" if report.model else "it reports no model, so it has"
+            findings.append(Finding(resource, f"{model} no allowed-port list: its other ports go unjudged", "low"))
+    return _result(DEVICE_OPEN_PORTS, findings)
+
+
+def firmware_advisories(snapshot: AuditSnapshot) -> CheckResult:
+    reporting = [r for r in snapshot.reports if r.firmware_version is not None]
+    if not reporting:
+        return CheckResult(FIRMWARE_ADVISORY, "not_applicable", note="no device has reported its firmware version")
+    if not snapshot.advisories:
+        return CheckResult(FIRMWARE_ADVISORY, "pass", note="no advisories are registered (thingward advisory add)")
+    by_model: dict[str, list[AdvisoryFacts]] = defaultdict(list)
+    for advisory in snapshot.advisories:
+        by_model[advisory.model].append(advisory)
+    findings = []
+    for report in reporting:
+        for advisory in by_model.get(report.model or "", ()):
+            version = report.firmware_version or ""
+            try:
+                affected = Version(version) < Version(advisory.fixed_in)
+            except InvalidVersion:
+                findings.append(
+                    Finding(
+                        f"thing:{report.thing}",
+                        f"firmware version {version!r} cannot be compared with {advisory.advisory_id}'s fix",
+                        "low",
+                    )
+                )
+                continue
+            if affected:
+                findings.append(
+                    Finding(
+                        f"thing:{report.thing}",
+                        f"{report.model} firmware {version} is affected by {advisory.advisory_id}"
+                        f" (fixed in {advisory.fixed_in}){': ' + advisory.summary if advisory.summary else ''}",
+                        advisory.severity,
+                    )
+                )
+    return _result(FIRMWARE_ADVISORY, findings)
+
+
+def onboarding_window_open(snapshot: AuditSnapshot) -> CheckResult:
+    if not snapshot.reports:
+        return CheckResult(ONBOARDING_WINDOW_OPEN, "not_applicable", note="no device has reported its state")
+    limit = dt.timedelta(minutes=snapshot.onboarding_max_minutes)
+    findings = []
+    for report in snapshot.reports:
+        if report.onboarding_state != "ap":
+            continue
+        resource = f"thing:{report.thing}"
+        if report.onboarding_since is None:
+            findings.append(Finding(resource, "in access point mode and does not say since when", "medium"))
+        elif snapshot.now - report.onboarding_since > limit:
+            minutes = int((snapshot.now - report.onboarding_since).total_seconds() // 60)
+            findings.append(
+                Finding(resource, f"in access point mode for {minutes} min (limit {limit.seconds // 60} min)", "high")
+            )
+    return _result(ONBOARDING_WINDOW_OPEN, findings)
 
 
 def stale_devices(snapshot: AuditSnapshot) -> CheckResult:
@@ -295,13 +442,15 @@ SINGLE_CHECKS: tuple[Check, ...] = (
     ca_certificate_expiring,
     weak_device_keys,
     revoked_but_connected,
+    shared_identity,
     stale_devices,
     plaintext_listener,
     ca_key_unencrypted,
     audit_log_tampered,
     _not_yet(USERS_WITHOUT_2FA, "this platform has no user accounts yet"),
-    _not_yet(FIRMWARE_ADVISORY, "this platform has no firmware registry yet"),
-    _not_yet(DEVICE_OPEN_PORTS, "devices do not report their listening ports yet"),
+    firmware_advisories,
+    device_open_ports,
+    onboarding_window_open,
 )
 
 

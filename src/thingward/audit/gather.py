@@ -6,10 +6,20 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from thingward.audit.model import AuditSnapshot, CertificateFacts, DeviceFacts
+from thingward.audit.model import (
+    AdvisoryFacts,
+    AuditSnapshot,
+    CertificateFacts,
+    DeviceFacts,
+    ModelFacts,
+    ReportFacts,
+    Severity,
+)
+from thingward.live import LIVE_STATE_FILE, LiveState, read_live_state
 from thingward.pki.ca import CA_KEY_FILE
 from thingward.platform import Platform
 from thingward.registry.audit_log import verify_audit_chain
+from thingward.registry.device_state import latest_reports, list_advisories, list_models
 from thingward.registry.models import Certificate, Thing
 from thingward.registry.policies import load_policy_world
 
@@ -20,8 +30,15 @@ def gather_snapshot(
     stale_days: int = 30,
     live_things: frozenset[str] | None = None,
     now: dt.datetime | None = None,
+    live: LiveState | None = None,
+    onboarding_max_minutes: int = 15,
 ) -> AuditSnapshot:
+    """Read everything the checks need. Live sessions come from `live`, else from a running server's file."""
     settings = platform.settings
+    if live is None:
+        live = read_live_state(settings.data_dir / LIVE_STATE_FILE)
+    if live is not None and live_things is None:
+        live_things = live.things
     with platform.db.read() as session:
         world = load_policy_world(session)
         certificates = tuple(
@@ -33,6 +50,28 @@ def gather_snapshot(
             for t in session.execute(select(Thing)).scalars()
         )
         chain_intact = verify_audit_chain(session) is None
+        reports = tuple(
+            ReportFacts(
+                thing=r.thing,
+                received_at=r.received_at,
+                model=r.model,
+                reported_model=r.report.model,
+                firmware_version=r.report.firmware_version,
+                tcp_ports=r.report.tcp_ports,
+                udp_ports=r.report.udp_ports,
+                onboarding_state=r.report.onboarding_state,
+                onboarding_since=r.report.onboarding_since,
+            )
+            for r in latest_reports(session)
+        )
+        models = {
+            m.name: ModelFacts(m.name, frozenset(m.allowed_tcp_ports), frozenset(m.allowed_udp_ports))
+            for m in list_models(session)
+        }
+        advisories = tuple(
+            AdvisoryFacts(a.advisory_id, a.model, a.fixed_in, _severity(a.severity), a.summary)
+            for a in list_advisories(session)
+        )
     ca_key = (settings.pki_dir / CA_KEY_FILE).read_bytes()
     return AuditSnapshot(
         now=now or dt.datetime.now(dt.UTC),
@@ -46,4 +85,17 @@ def gather_snapshot(
         expiry_days=expiry_days,
         stale_days=stale_days,
         live_things=live_things,
+        reports=reports,
+        models=models,
+        advisories=advisories,
+        sessions=live.sessions if live is not None else None,
+        takeovers=live.takeovers if live is not None else (),
+        onboarding_max_minutes=onboarding_max_minutes,
     )
+
+
+def _severity(value: str) -> Severity:
+    for severity in ("critical", "high", "medium", "low"):
+        if value == severity:
+            return severity
+    return "high"  # the database's check constraint allows nothing else

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from thingward.live import SessionFacts, TakeoverFacts
 from thingward.policy.world import PolicyWorld
 
 Severity = Literal["critical", "high", "medium", "low"]
@@ -85,6 +86,37 @@ class DeviceFacts:
 
 
 @dataclass(frozen=True)
+class ReportFacts:
+    """A device's latest report about itself. `model` is the registry's `model` attribute when set."""
+
+    thing: str
+    received_at: dt.datetime
+    model: str | None
+    reported_model: str | None
+    firmware_version: str | None
+    tcp_ports: tuple[int, ...] = ()
+    udp_ports: tuple[int, ...] = ()
+    onboarding_state: str = "unknown"
+    onboarding_since: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    allowed_tcp_ports: frozenset[int]
+    allowed_udp_ports: frozenset[int]
+
+
+@dataclass(frozen=True)
+class AdvisoryFacts:
+    advisory_id: str
+    model: str
+    fixed_in: str
+    severity: Severity
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class AuditSnapshot:
     """Everything the checks look at, gathered at the edge (see `thingward.audit.gather`)."""
 
@@ -99,3 +131,9 @@ class AuditSnapshot:
     expiry_days: int = 30
     stale_days: int = 30
     live_things: frozenset[str] | None = field(default=None)  # None: no running server was asked
+    reports: tuple[ReportFacts, ...] = ()
+    models: Mapping[str, ModelFacts] = field(default_factory=dict)
+    advisories: tuple[AdvisoryFacts, ...] = ()
+    sessions: tuple[SessionFacts, ...] | None = None  # None: no running server was asked
+    takeovers: tuple[TakeoverFacts, ...] = ()
+    onboarding_max_minutes: int = 15

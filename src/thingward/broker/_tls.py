@@ -41,6 +41,7 @@ _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.
 class PeerIdentity:
     thing: str
     not_after: dt.datetime
+    serial: str = ""  # the certificate's serial number, hex
 
 
 class IdentityRefusedError(Exception):
@@ -188,6 +189,8 @@ class ServerTls:
         if thing is None:
             raise IdentityRefusedError("certificate names no thing")
         try:
-            return PeerIdentity(thing=validate_name(thing), not_after=cert.not_valid_after_utc)
+            return PeerIdentity(
+                thing=validate_name(thing), not_after=cert.not_valid_after_utc, serial=f"{cert.serial_number:x}"
+            )
         except InvalidInputError as e:
             raise IdentityRefusedError("certificate names an invalid thing name") from e

@@ -31,6 +31,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter  # type: ignore[import-untyped]
@@ -64,6 +65,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # seconds for the TLS handshake
 CONNECT_TIMEOUT = 10.0  # seconds from the handshake to a complete CONNECT
 TAKEOVER_TIMEOUT = 2.0  # seconds for an older connection of the same thing to finish
+TAKEOVERS_KEPT = 20  # recent takeovers remembered per thing
+MAX_THINGS_WITH_TAKEOVERS = 10_000  # bound on that memory; the oldest thing's record goes first
 DISCONNECT_TIMEOUT = 1.0  # seconds for disconnect(thing) to see the connections gone
 CLOSE_TIMEOUT = 1.0  # seconds for a graceful TLS close before the connection is aborted
 STOP_TIMEOUT = 5.0
@@ -92,16 +95,39 @@ async def _wait_finished(connections: list[_Connection], timeout: float) -> bool
     return not pending
 
 
+@dataclass(frozen=True)
+class LiveSession:
+    thing: str
+    serial: str
+    peer: str
+    since: dt.datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {"thing": self.thing, "serial": self.serial, "peer": self.peer, "since": self.since.isoformat()}
+
+
+@dataclass(frozen=True)
+class Takeover:
+    at: dt.datetime
+    old_peer: str
+    new_peer: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"at": self.at.isoformat(), "old_peer": self.old_peer, "new_peer": self.new_peer}
+
+
 class _Connection:
     """One client connection, tracked from the handshake on so it can be closed whatever amqtt thinks."""
 
-    __slots__ = ("finished", "live", "peer", "thing", "transport")
+    __slots__ = ("finished", "live", "peer", "serial", "since", "thing", "transport")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.transport = writer.transport
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self.thing: str | None = None
+        self.serial = ""  # of the certificate the connection was admitted with
+        self.since: dt.datetime | None = None  # when it was admitted
         self.live = False  # admitted and handed to amqtt
         self.finished = asyncio.Event()
 
@@ -167,6 +193,9 @@ class EmbeddedBroker:
         self._connections: dict[str, set[_Connection]] = {}
         self._anonymous: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Recent takeovers per thing: a second connection with the same identity closes the first. A
+        # thing whose sessions keep taking each other over from different addresses is likely cloned.
+        self._takeovers: dict[str, collections.deque[Takeover]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -289,6 +318,19 @@ class EmbeddedBroker:
     def connected_things(self) -> set[str]:
         """Things with at least one admitted, open connection."""
         return {thing for thing, conns in list(self._connections.items()) if any(c.live for c in list(conns))}
+
+    def live_sessions(self) -> list[LiveSession]:
+        """Every admitted, open connection: which thing, from where, with which certificate, since when."""
+        out = []
+        for thing, conns in list(self._connections.items()):
+            for conn in list(conns):
+                if conn.live and conn.since is not None:
+                    out.append(LiveSession(thing=thing, serial=conn.serial, peer=conn.peer, since=conn.since))
+        return sorted(out, key=lambda s: (s.thing, s.since))
+
+    def takeovers(self) -> dict[str, list[Takeover]]:
+        """Recent takeovers (at most TAKEOVERS_KEPT per thing, newest last)."""
+        return {thing: list(events) for thing, events in list(self._takeovers.items()) if events}
 
     def set_authorizer(self, authorizer: Authorizer) -> None:
         """Use `authorizer` from now on, for open sessions too; things no longer allowed to connect are dropped.
@@ -432,6 +474,8 @@ class EmbeddedBroker:
             return
         await self._take_over(thing, conn)
         framed.set_keepalive(request.keep_alive)
+        conn.serial = identity.serial
+        conn.since = dt.datetime.now(dt.UTC)
         conn.live = True
         logger.info("thing %r connected from %s (clean session %s)", thing, conn.peer, request.clean_session)
         core.admit(thing)
@@ -490,7 +534,11 @@ class EmbeddedBroker:
         if not older:
             return
         logger.info("thing %r connected again: closing %d older connection(s)", thing, len(older))
+        events = self._takeovers.setdefault(thing, collections.deque(maxlen=TAKEOVERS_KEPT))
+        if len(self._takeovers) > MAX_THINGS_WITH_TAKEOVERS:
+            self._takeovers.pop(next(iter(self._takeovers)))
         for old in older:
+            events.append(Takeover(at=dt.datetime.now(dt.UTC), old_peer=old.peer, new_peer=conn.peer))
             old.abort()
         await _wait_finished(older, TAKEOVER_TIMEOUT)
 

@@ -15,7 +15,7 @@ from thingward.device.enroll import enroll as enroll_device
 from thingward.errors import InvalidInputError
 from thingward.ingest.store import recent_messages
 from thingward.platform import cli_actor
-from thingward.registry import certificates, things
+from thingward.registry import certificates, device_state, things
 
 app = typer.Typer(help="Devices (things): add, enroll, revoke, inspect.", no_args_is_help=True)
 
@@ -205,6 +205,10 @@ def show(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None
                 for c in certificates.list_certificates(session, thing)
             ],
         }
+        latest = device_state.latest_report(session, name)
+        data["reported_state"] = (
+            {"received_at": latest.received_at.isoformat(), **latest.report.to_dict()} if latest else None
+        )
     emit(as_json, data)
 
 

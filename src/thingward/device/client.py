@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
+from thingward.device.state import DeviceState, state_topic
 from thingward.errors import ThingwardError
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,10 @@ class Device:
 
     def publish_event(self, event_type: str, values: dict[str, Any], qos: int = 1) -> mqtt.MQTTMessageInfo:
         return self.publish(event_topic(self.name, event_type), json.dumps(values, separators=(",", ":")), qos=qos)
+
+    def publish_state(self, state: DeviceState, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        """Report firmware, listening ports and onboarding state; the platform keeps the latest."""
+        return self.publish(state_topic(self.name), state.to_payload(), qos=qos)
 
     def subscribe(self, topic_filter: str, qos: int = 0) -> None:
         self._client.subscribe(topic_filter, qos=qos)

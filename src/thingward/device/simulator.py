@@ -12,6 +12,7 @@ from pathlib import Path
 
 from thingward.device.client import Device
 from thingward.device.enroll import enroll
+from thingward.device.state import DeviceState
 from thingward.errors import NotFoundError
 from thingward.platform import Platform, cli_actor
 from thingward.registry import things
@@ -56,8 +57,16 @@ def provision_cameras(
     return out
 
 
+SIMULATED_MODEL = "sim-cam"
+SIMULATED_FIRMWARE = "1.0.0"
+
+
 class SimulatedCamera:
-    """A camera in a thread of its own: telemetry every `period` s, and motion now and then."""
+    """A camera in a thread of its own: telemetry every `period` s, and motion now and then.
+
+    On connecting it reports its state (firmware, listening ports, onboarding) like a real agent; being
+    simulated, it reports the ports it is told to, not this host's.
+    """
 
     def __init__(
         self,
@@ -68,8 +77,10 @@ class SimulatedCamera:
         period: float = 1.0,
         seed: int | None = None,
         on_event: Callable[[str], None] | None = None,
+        state: DeviceState | None = None,
     ) -> None:
         self.name = name
+        self.state = state or DeviceState(model=SIMULATED_MODEL, firmware_version=SIMULATED_FIRMWARE)
         self._on_event = on_event
         self.stats = CameraStats()
         self.period = period
@@ -84,6 +95,7 @@ class SimulatedCamera:
 
     def start(self) -> None:
         self.device.connect()
+        self.device.publish_state(self.state)
         self._thread.start()
 
     def _run(self) -> None:

@@ -1,8 +1,10 @@
-"""Which messages are stored, and how: `things/NAME/telemetry` and `things/NAME/events/TYPE`."""
+"""Which messages are stored, and how: `things/NAME/telemetry` and `things/NAME/events/TYPE` are kept as
+history; `things/NAME/state` is the device's report about itself, of which only the latest is kept."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,10 +13,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from thingward.broker.base import InboundMessage
+from thingward.errors import InvalidInputError
+from thingward.registry.device_state import parse_state_report, store_report
 from thingward.registry.models import Message, Thing
 
+logger = logging.getLogger(__name__)
+
 _STORED_TOPIC = re.compile(
-    r"things/(?P<thing>[a-z0-9_-]{1,64})/(?:(?P<telemetry>telemetry)|events/(?P<event>[A-Za-z0-9_.-]{1,64}))"
+    r"things/(?P<thing>[a-z0-9_-]{1,64})/"
+    r"(?:(?P<telemetry>telemetry)|(?P<state>state)|events/(?P<event>[A-Za-z0-9_.-]{1,64}))"
 )
 
 
@@ -37,7 +44,7 @@ def classify(message: InboundMessage) -> StoredMessage | None:
     match = _STORED_TOPIC.fullmatch(message.topic)
     if match is None or match["thing"] != message.thing:
         return None
-    kind = "telemetry" if match["telemetry"] else "event"
+    kind = "telemetry" if match["telemetry"] else "state" if match["state"] else "event"
     return StoredMessage(
         thing=message.thing,
         topic=message.topic,
@@ -48,14 +55,33 @@ def classify(message: InboundMessage) -> StoredMessage | None:
     )
 
 
+def _store_reports(session: Session, reports: Sequence[StoredMessage], ids: dict[str, int]) -> None:
+    """Keep each thing's newest valid report. A malformed one is logged and dropped; the last good one stays."""
+    for message in reports:
+        if message.thing not in ids:
+            continue
+        try:
+            report = parse_state_report(message.payload)
+        except InvalidInputError as e:
+            logger.warning("thing %r sent a state report we cannot use: %s", message.thing, e)
+            continue
+        store_report(session, ids[message.thing], report, message.received_at)
+
+
 def store_messages(session: Session, messages: Sequence[StoredMessage], retention_per_thing: int) -> int:
-    """Insert a batch and trim each thing touched to its newest `retention_per_thing` messages."""
+    """Insert a batch and trim each thing touched to its newest `retention_per_thing` messages.
+
+    State reports in the batch update the things' latest reports instead. Returns the messages stored.
+    """
     if not messages:
         return 0
     names = sorted({m.thing for m in messages})
     ids: dict[str, int] = {
         name: tid for name, tid in session.execute(select(Thing.name, Thing.id).where(Thing.name.in_(names)))
     }
+    last_seen = max(m.received_at for m in messages)
+    _store_reports(session, [m for m in messages if m.kind == "state"], ids)
+    messages = [m for m in messages if m.kind != "state"]
     rows = [
         Message(
             thing_id=ids[m.thing],
@@ -80,7 +106,6 @@ def store_messages(session: Session, messages: Sequence[StoredMessage], retentio
         ).scalar()
         if cutoff is not None:
             session.execute(delete(Message).where(Message.thing_id == thing_id, Message.id <= cutoff))
-    last_seen = max(m.received_at for m in messages)
     for name in names:
         if name in ids:
             session.get(Thing, ids[name]).last_seen_at = last_seen  # type: ignore[union-attr]

@@ -164,3 +164,47 @@ class Message(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
 
     __table_args__ = (Index("ix_messages_thing_id_id", "thing_id", "id"),)
+
+
+class DeviceModel(Base):
+    """A product model's profile: the ports its devices may listen on (anything else is a finding)."""
+
+    __tablename__ = "device_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    description: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    allowed_tcp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list of ints
+    allowed_udp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class FirmwareAdvisory(Base):
+    """A published weakness of a model's firmware: every version below `fixed_in` is affected."""
+
+    __tablename__ = "firmware_advisories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    model: Mapped[str] = mapped_column(String(64), nullable=False)
+    fixed_in: Mapped[str] = mapped_column(String(64), nullable=False)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    summary: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("severity in ('critical', 'high', 'medium', 'low')", name="ck_firmware_advisories_severity"),
+    )
+
+
+class DeviceReport(Base):
+    """The latest state a device reported about itself on things/NAME/state (one row per thing)."""
+
+    __tablename__ = "device_reports"
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    firmware_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tcp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list of ints
+    udp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    onboarding_state: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
+    onboarding_since: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    thing: Mapped[Thing] = relationship()
