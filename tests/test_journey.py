@@ -406,7 +406,7 @@ def test_device_reports_its_state_and_the_audit_judges_it(served: Served, tmp_pa
 
     device = connect(served, "cam-state", enroll(served, "cam-state", tmp_path))
     cli(served.data_dir, "model", "set", "cam-j", "--tcp", "443,8883", "--udp", "5353")
-    cli(served.data_dir, "advisory", "add", "CVE-2026-4242", "--model", "cam-j", "--fixed-in", "2.1.0")
+    cli(served.data_dir, "ota", "advisory", "add", "--id", "CVE-2026-4242", "--model", "cam-j", "--affected", "<2.1.0")
     try:
         state = DeviceState("cam-j", "2.0.9", ListeningPorts(tcp=(23, 443, 8080), udp=(5353,)), "provisioned")
         device.publish_state(state).wait_for_publish(5)
@@ -419,7 +419,7 @@ def test_device_reports_its_state_and_the_audit_judges_it(served: Served, tmp_pa
     shown = cli(served.data_dir, "device", "show", "cam-state")["reported_state"]
     assert shown["firmware"] == {"model": "cam-j", "version": "2.0.9"}
     assert shown["ports"] == {"tcp": [23, 443, 8080], "udp": [5353]}
-    affected = cli(served.data_dir, "advisory", "affected", "CVE-2026-4242")
+    affected = cli(served.data_dir, "ota", "advisory", "devices", "CVE-2026-4242")
     assert affected["devices"] == [{"thing": "cam-state", "model": "cam-j", "version": "2.0.9"}]
 
     report = cli(served.data_dir, "audit", check=False)
@@ -432,7 +432,7 @@ def test_device_reports_its_state_and_the_audit_judges_it(served: Served, tmp_pa
         ("medium", "TCP 8080 is not in model cam-j's allowed ports"),
     ]
     firmware = [f["message"] for f in by_id["FIRMWARE_ADVISORY"]["findings"] if "cam-state" in f["resource"]]
-    assert firmware == ["cam-j firmware 2.0.9 is affected by CVE-2026-4242 (fixed in 2.1.0)"]
+    assert firmware == ["cam-j firmware 2.0.9 is affected by CVE-2026-4242 (affected: <2.1.0)"]
     # The server is running, so the live-session checks are judged, not skipped.
     assert by_id["REVOKED_BUT_CONNECTED"]["status"] != "not_applicable"
 

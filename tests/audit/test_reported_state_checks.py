@@ -62,7 +62,7 @@ def test_a_model_without_a_profile_is_said_to_go_unjudged() -> None:
 
 
 def test_firmware_advisory_matches_older_versions_of_its_model_only() -> None:
-    advisories = (AdvisoryFacts("CVE-2026-0001", "cam-x", "1.3.0", "critical", "RCE in the web UI"),)
+    advisories = (AdvisoryFacts("CVE-2026-0001", "cam-x", "<1.3.0", "critical", "RCE in the web UI"),)
     reports = (
         report("cam1", firmware_version="1.2.9"),
         report("cam2", firmware_version="1.3.0"),
@@ -71,7 +71,7 @@ def test_firmware_advisory_matches_older_versions_of_its_model_only() -> None:
     )
     found = messages("FIRMWARE_ADVISORY", reports=reports, advisories=advisories)
     assert found == [
-        "thing:cam1 critical cam-x firmware 1.2.9 is affected by CVE-2026-0001 (fixed in 1.3.0): RCE in the web UI"
+        "thing:cam1 critical cam-x firmware 1.2.9 is affected by CVE-2026-0001 (affected: <1.3.0): RCE in the web UI"
     ]
 
 
@@ -82,9 +82,9 @@ def test_firmware_check_passes_with_a_note_when_no_advisory_exists() -> None:
 
 
 def test_an_uncomparable_version_is_reported_not_ignored() -> None:
-    advisories = (AdvisoryFacts("ADV-1", "cam-x", "2.0", "high"),)
+    advisories = (AdvisoryFacts("ADV-1", "cam-x", "<2.0", "high"),)
     found = messages("FIRMWARE_ADVISORY", reports=(report(firmware_version="banana"),), advisories=advisories)
-    assert found == ["thing:cam1 low firmware version 'banana' cannot be compared with ADV-1's fix"]
+    assert found == ["thing:cam1 low firmware version 'banana' cannot be compared with ADV-1's affected range"]
 
 
 def test_onboarding_window_open_past_the_limit() -> None:

@@ -84,15 +84,16 @@ def test_the_registry_model_attribute_overrides_the_reported_model(platform: Pla
 def test_models_and_advisories_are_recorded_and_validated(platform: Platform) -> None:
     with platform.db.session() as session:
         device_state.set_model(session, ACTOR, "cam-x", [8883, 443], [5353], "outdoor camera")
-        device_state.add_advisory(session, ACTOR, "CVE-2026-0001", "cam-x", "1.3.0", "critical", "RCE")
+        device_state.add_advisory(session, ACTOR, "CVE-2026-0001", "cam-x", "<1.3.0", "critical", "RCE")
     with platform.db.session() as session, pytest.raises(ConflictError):
-        device_state.add_advisory(session, ACTOR, "CVE-2026-0001", "cam-x", "1.4.0", "high")
+        device_state.add_advisory(session, ACTOR, "CVE-2026-0001", "cam-x", "<1.4.0", "high")
     for bad, says in [
-        ({"fixed_in": "one point three"}, "not a version"),
+        ({"affected": "before 1.3"}, "write a range"),
+        ({"affected": ""}, "range is empty"),
         ({"severity": "urgent"}, "severity"),
         ({"advisory_id": "CVE 2026/1"}, "advisory id"),
     ]:
-        args = {"advisory_id": "ADV-2", "model": "cam-x", "fixed_in": "2.0", "severity": "high", **bad}
+        args = {"advisory_id": "ADV-2", "model": "cam-x", "affected": "<2.0", "severity": "high", **bad}
         with platform.db.session() as session, pytest.raises(InvalidInputError, match=says):
             device_state.add_advisory(session, ACTOR, **args)
     with platform.db.session() as session, pytest.raises(InvalidInputError, match="port 0"):
@@ -106,9 +107,9 @@ def test_models_and_advisories_are_recorded_and_validated(platform: Platform) ->
 
 def test_affected_devices_compare_versions_numerically(platform: Platform) -> None:
     with platform.db.session() as session:
-        for name in ("cam1", "cam2", "cam3"):
+        for name in ("cam1", "cam2", "cam3", "cam4"):
             things.add_thing(session, ACTOR, name)
-        advisory = device_state.add_advisory(session, ACTOR, "ADV-9", "cam-x", "1.10.0", "high")
+        advisory = device_state.add_advisory(session, ACTOR, "ADV-9", "cam-x", ">=1.2,<1.10.0", "high")
     with platform.db.session() as session:
         store_messages(
             session,
@@ -116,6 +117,7 @@ def test_affected_devices_compare_versions_numerically(platform: Platform) -> No
                 _state("cam1", {"firmware": {"model": "cam-x", "version": "1.9.3"}}),
                 _state("cam2", {"firmware": {"model": "cam-x", "version": "1.10.0"}}),
                 _state("cam3", {"firmware": {"model": "other", "version": "0.1"}}),
+                _state("cam4", {"firmware": {"model": "cam-x", "version": "1.1.5"}}),  # below the range
             ],
             100,
         )

@@ -10,6 +10,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from thingward.audit.model import AdvisoryFacts, AuditSnapshot, CheckInfo, CheckResult, Finding, Severity
@@ -140,7 +141,7 @@ FIRMWARE_ADVISORY = CheckInfo(
     title="A device runs firmware with a published advisory",
     severity="high",
     part="device",
-    remediation="Update the affected devices to the fixed version (see 'thingward advisory affected ID').",
+    remediation="Update the affected devices to a fixed version (see 'thingward ota advisory devices ID').",
     references={
         ETSI: "5.3 Keep software updated",
         OWASP: "I4 Lack of Secure Update Mechanism",
@@ -355,12 +356,12 @@ def firmware_advisories(snapshot: AuditSnapshot) -> CheckResult:
         for advisory in by_model.get(report.model or "", ()):
             version = report.firmware_version or ""
             try:
-                affected = Version(version) < Version(advisory.fixed_in)
-            except InvalidVersion:
+                affected = SpecifierSet(advisory.affected).contains(Version(version), prereleases=True)
+            except (InvalidVersion, InvalidSpecifier):
                 findings.append(
                     Finding(
                         f"thing:{report.thing}",
-                        f"firmware version {version!r} cannot be compared with {advisory.advisory_id}'s fix",
+                        f"firmware version {version!r} cannot be compared with {advisory.advisory_id}'s affected range",
                         "low",
                     )
                 )
@@ -370,7 +371,7 @@ def firmware_advisories(snapshot: AuditSnapshot) -> CheckResult:
                     Finding(
                         f"thing:{report.thing}",
                         f"{report.model} firmware {version} is affected by {advisory.advisory_id}"
-                        f" (fixed in {advisory.fixed_in}){': ' + advisory.summary if advisory.summary else ''}",
+                        f" (affected: {advisory.affected}){': ' + advisory.summary if advisory.summary else ''}",
                         advisory.severity,
                     )
                 )

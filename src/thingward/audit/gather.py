@@ -69,7 +69,7 @@ def gather_snapshot(
             for m in list_models(session)
         }
         advisories = tuple(
-            AdvisoryFacts(a.advisory_id, a.model, a.fixed_in, _severity(a.severity), a.summary)
+            AdvisoryFacts(a.advisory_id, a.model, a.affected, _severity(a.severity), a.summary)
             for a in list_advisories(session)
         )
     ca_key = (settings.pki_dir / CA_KEY_FILE).read_bytes()

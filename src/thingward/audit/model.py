@@ -111,7 +111,7 @@ class ModelFacts:
 class AdvisoryFacts:
     advisory_id: str
     model: str
-    fixed_in: str
+    affected: str  # a version range such as "<1.4.2"
     severity: Severity
     summary: str = ""
 

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from thingward import __version__
-from thingward.cli import audit, device, group, model, policy
+from thingward.cli import audit, device, group, model, ota, policy
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
@@ -29,7 +29,7 @@ app.add_typer(group.app, name="group")
 app.add_typer(policy.app, name="policy")
 app.add_typer(audit.app, name="audit")
 app.add_typer(model.app, name="model")
-app.add_typer(model.advisory_app, name="advisory")
+app.add_typer(ota.app, name="ota")
 
 
 def _version(value: bool) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
@@ -235,18 +236,24 @@ def get_model(session: Session, name: str) -> ModelProfile:
 # -- firmware advisories -----------------------------------------------------------------------------
 
 
-def parse_version(text: str) -> Version:
+def parse_affected(text: str) -> SpecifierSet:
+    """A version range such as "<1.4.2" or ">=1.0,<1.4.2" (PEP 440 specifiers)."""
     try:
-        return Version(text)
-    except InvalidVersion:
-        raise InvalidInputError(f"{text!r} is not a version thingward can compare (use e.g. 1.4.2)") from None
+        spec = SpecifierSet(text)
+    except InvalidSpecifier:
+        raise InvalidInputError(
+            f"affected versions {text!r}: write a range such as '<1.4.2' or '>=1.0,<1.4.2'"
+        ) from None
+    if not str(spec):
+        raise InvalidInputError("affected versions: the range is empty; write e.g. '<1.4.2'")
+    return spec
 
 
-def version_affected(version: str, fixed_in: str) -> bool | None:
-    """True if `version` comes before `fixed_in`; None when the device's version cannot be compared."""
+def version_affected(version: str, affected: str) -> bool | None:
+    """True if `version` is in the `affected` range; None when the device's version cannot be compared."""
     try:
-        return Version(version) < Version(fixed_in)
-    except InvalidVersion:
+        return SpecifierSet(affected).contains(Version(version), prereleases=True)
+    except (InvalidVersion, InvalidSpecifier):
         return None
 
 
@@ -254,7 +261,7 @@ def version_affected(version: str, fixed_in: str) -> bool | None:
 class Advisory:
     advisory_id: str
     model: str
-    fixed_in: str
+    affected: str
     severity: str
     summary: str
 
@@ -262,23 +269,23 @@ class Advisory:
         return {
             "id": self.advisory_id,
             "model": self.model,
-            "fixed_in": self.fixed_in,
+            "affected": self.affected,
             "severity": self.severity,
             "summary": self.summary,
         }
 
 
 def _advisory(row: FirmwareAdvisory) -> Advisory:
-    return Advisory(row.advisory_id, row.model, row.fixed_in, row.severity, row.summary)
+    return Advisory(row.advisory_id, row.model, row.affected, row.severity, row.summary)
 
 
 def add_advisory(
-    session: Session, actor: Actor, advisory_id: str, model: str, fixed_in: str, severity: str, summary: str = ""
+    session: Session, actor: Actor, advisory_id: str, model: str, affected: str, severity: str, summary: str = ""
 ) -> Advisory:
     if not advisory_id or len(advisory_id) > 64 or not advisory_id.replace("-", "").replace("_", "").isalnum():
         raise InvalidInputError(f"advisory id {advisory_id!r}: use letters, digits, '-' and '_' (e.g. CVE-2026-1234)")
     validate_name(model, "model")
-    parse_version(fixed_in)
+    affected = str(parse_affected(affected))
     if severity not in SEVERITIES:
         raise InvalidInputError(f"severity {severity!r}: choose one of {', '.join(SEVERITIES)}")
     if len(summary) > 512:
@@ -289,13 +296,13 @@ def add_advisory(
     row = FirmwareAdvisory(
         advisory_id=advisory_id,
         model=model,
-        fixed_in=fixed_in,
+        affected=affected,
         severity=severity,
         summary=summary,
         created_at=dt.datetime.now(dt.UTC),
     )
     session.add(row)
-    record_event(session, actor, "advisory.add", f"advisory:{advisory_id}", {"model": model, "fixed_in": fixed_in})
+    record_event(session, actor, "advisory.add", f"advisory:{advisory_id}", {"model": model, "affected": affected})
     return _advisory(row)
 
 
@@ -314,6 +321,15 @@ def list_advisories(session: Session) -> list[Advisory]:
     return [_advisory(row) for row in rows]
 
 
+def get_advisory(session: Session, advisory_id: str) -> Advisory:
+    row = session.execute(
+        select(FirmwareAdvisory).where(FirmwareAdvisory.advisory_id == advisory_id)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError(f"no advisory {advisory_id!r}: see 'thingward ota advisory list'")
+    return _advisory(row)
+
+
 @dataclass(frozen=True)
 class AffectedDevice:
     thing: str
@@ -325,12 +341,12 @@ class AffectedDevice:
 
 
 def affected_devices(advisory: Advisory, reports: Iterable[LatestReport]) -> list[AffectedDevice]:
-    """Devices whose latest report names the advisory's model and a version before its fix."""
+    """Devices of the advisory's model whose latest reported version is in its affected range."""
     out = []
     for latest in reports:
         version = latest.report.firmware_version
         if latest.model != advisory.model or version is None:
             continue
-        if version_affected(version, advisory.fixed_in):
+        if version_affected(version, advisory.affected):
             out.append(AffectedDevice(latest.thing, advisory.model, version))
     return out

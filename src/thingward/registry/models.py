@@ -179,13 +179,13 @@ class DeviceModel(Base):
 
 
 class FirmwareAdvisory(Base):
-    """A published weakness of a model's firmware: every version below `fixed_in` is affected."""
+    """A published weakness of a model's firmware; `affected` is a version specifier such as "<1.4.2"."""
 
     __tablename__ = "firmware_advisories"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     advisory_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     model: Mapped[str] = mapped_column(String(64), nullable=False)
-    fixed_in: Mapped[str] = mapped_column(String(64), nullable=False)
+    affected: Mapped[str] = mapped_column(String(128), nullable=False)
     severity: Mapped[str] = mapped_column(String(16), nullable=False)
     summary: Mapped[str] = mapped_column(String(512), nullable=False, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)

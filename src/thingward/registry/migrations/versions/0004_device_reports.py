@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("advisory_id", sa.String(length=64), nullable=False),
         sa.Column("model", sa.String(length=64), nullable=False),
-        sa.Column("fixed_in", sa.String(length=64), nullable=False),
+        sa.Column("affected", sa.String(length=128), nullable=False),
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("summary", sa.String(length=512), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
