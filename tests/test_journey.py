@@ -480,3 +480,51 @@ def test_a_cloned_certificate_used_from_two_addresses_is_flagged(served: Served,
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_device_report_command_sends_this_hosts_listening_ports(served: Served, tmp_path: Path) -> None:
+    import socket
+
+    directory = enroll(served, "cam-agent", tmp_path)
+    # A listener on all addresses (so not loopback-only), open only for this test; it accepts nothing.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        result = subprocess.run(
+            [
+                *THINGWARD,
+                "device",
+                "report",
+                "--dir",
+                str(directory),
+                "--mqtt",
+                f"{served.mqtt_host}:{served.mqtt_port}",
+                "--model",
+                "cam-a",
+                "--firmware-version",
+                "3.1.0",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    sent = json.loads(result.stdout)
+    assert sent["name"] == "cam-agent" and port in sent["ports"]["tcp"]
+    assert wait_for(lambda: reported_version(served, "cam-agent") == "3.1.0", 5)
+    shown = cli(served.data_dir, "device", "show", "cam-agent")["reported_state"]
+    assert port in shown["ports"]["tcp"]
+
+
+def test_device_report_without_an_enrolled_identity_says_so(tmp_path: Path) -> None:
+    args = ["--dir", str(tmp_path), "--mqtt", "127.0.0.1:1", "--model", "m", "--firmware-version", "1"]
+    result = subprocess.run(
+        [*THINGWARD, "device", "report", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot read the device certificate" in result.stderr and "enroll first" in result.stderr

@@ -118,6 +118,57 @@ def enroll(
     )
 
 
+def _mqtt_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.removeprefix("mqtts://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InvalidInputError(f"--mqtt {text!r}: give HOST:PORT of the broker's TLS listener, e.g. 127.0.0.1:8883")
+    return host.strip("[]"), int(port)
+
+
+@app.command("report")
+@handle_errors
+def report(
+    directory: Annotated[Path, typer.Option("--dir", help="The enrolled device's directory (device.crt, ...).")],
+    mqtt_endpoint: Annotated[str, typer.Option("--mqtt", help="HOST:PORT of the broker's TLS listener.")],
+    model: Annotated[str, typer.Option("--model", help="The device's model.")],
+    firmware_version: Annotated[str, typer.Option("--firmware-version", help="The firmware version it runs.")],
+    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many reports to send.")] = 1,
+    interval: Annotated[float, typer.Option(min=1.0, help="Seconds between reports.")] = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Device side: report firmware and this host's listening ports (not loopback-only ones) to the platform."""
+    import time
+
+    from cryptography import x509
+
+    from thingward.device.client import Device
+    from thingward.device.enroll import CERT_FILE
+    from thingward.device.state import DeviceState, listening_ports
+    from thingward.pki.ca import thing_name_from_certificate
+
+    cert_file = directory / CERT_FILE
+    try:
+        name = thing_name_from_certificate(x509.load_pem_x509_certificate(cert_file.read_bytes()))
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot read the device certificate {cert_file}: {e}; enroll first") from None
+    if name is None:
+        raise InvalidInputError(f"{cert_file} names no thing: it is not a thingward device certificate")
+    host, port = _mqtt_endpoint(mqtt_endpoint)
+    device = Device.from_dir(directory, name, host=host, port=port)
+    device.connect()
+    sent = []
+    try:
+        for i in range(count):
+            state = DeviceState(model=model, firmware_version=firmware_version, ports=listening_ports())
+            device.publish_state(state).wait_for_publish(10)
+            sent.append({"tcp": list(state.ports.tcp), "udp": list(state.ports.udp)})
+            if i + 1 < count:
+                time.sleep(interval)
+    finally:
+        device.close()
+    emit(as_json, {"name": name, "reports": len(sent), "ports": sent[-1]})
+
+
 @app.command("revoke")
 @handle_errors
 def revoke(
