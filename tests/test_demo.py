@@ -31,6 +31,12 @@ def test_demo_runs_the_journey_and_shows_the_refused_read(tmp_path: Path) -> Non
     assert summary["refused"] == [
         {"thing": "front-door-cam", "action": "subscribe", "topic": "things/backyard-cam/#", "result": "refused"}
     ]
+    # The backyard camera reports old firmware with Telnet open; the audit at the end finds both.
+    top = {(f["check"], f["resource"]) for f in summary["audit"]["top"]}
+    assert ("DEVICE_OPEN_PORTS", "thing:backyard-cam") in top
+    assert ("FIRMWARE_ADVISORY", "thing:backyard-cam") in top
+    assert summary["audit"]["findings"]["critical"] >= 1
+    assert not any(f["resource"] == "thing:front-door-cam" for f in summary["audit"]["top"])
     # A second run reuses the demo data dir and its enrolled cameras.
     again = subprocess.run(
         [*THINGWARD, "demo", "--data-dir", str(data_dir), "--duration", "2", "--json"],

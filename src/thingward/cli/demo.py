@@ -19,12 +19,19 @@ from sqlalchemy import func, select
 
 from thingward.cli.common import console
 from thingward.config import CONFIG_FILE
-from thingward.device.simulator import SimulatedCamera, provision_cameras
+from thingward.device.simulator import SIMULATED_MODEL, SimulatedCamera, provision_cameras
+from thingward.device.state import DeviceState, ListeningPorts
 from thingward.platform import Platform, init_data_dir
 from thingward.registry.models import Message, Thing
 
 STORE_WAIT = 5.0  # seconds to wait for sent messages to be stored before the summary
 DEMO_CAMERAS = ["front-door-cam", "backyard-cam"]
+# The backyard camera runs old firmware that still opens Telnet: the audit at the end finds it.
+DEMO_STATES = {
+    "front-door-cam": DeviceState(SIMULATED_MODEL, "1.2.0", ListeningPorts(tcp=(443,), udp=(5353,))),
+    "backyard-cam": DeviceState(SIMULATED_MODEL, "1.0.3", ListeningPorts(tcp=(23, 443), udp=(5353,))),
+}
+DEMO_ADVISORY = "TW-DEMO-2026-01"
 
 
 class EventLog:
@@ -117,6 +124,7 @@ def _run_cameras(
     log: EventLog,
     stop: threading.Event,
     with_attack: bool,
+    states: dict[str, DeviceState] | None = None,
 ) -> dict[str, Any]:
     parsed = urlsplit(mqtt_url)
     provisioned = provision_cameras(platform, api, names)
@@ -134,6 +142,7 @@ def _run_cameras(
             parsed.port or 8883,
             period=1.0,
             on_event=log.add,
+            state=(states or {}).get(n),
         )
         for n in names
     ]
@@ -199,12 +208,56 @@ def run_simulation(
         signal.signal(signal.SIGINT, previous)
 
 
+def _prepare_fleet_facts(platform: Platform) -> None:
+    """The demo model's allowed ports and an advisory for its old firmware, as an operator would set them."""
+    from thingward.errors import ConflictError
+    from thingward.platform import cli_actor
+    from thingward.registry import device_state
+
+    with platform.db.session() as session:
+        device_state.set_model(session, cli_actor(), SIMULATED_MODEL, [443], [5353], "the demo's simulated camera")
+    with contextlib.suppress(ConflictError), platform.db.session() as session:
+        device_state.add_advisory(
+            session,
+            cli_actor(),
+            DEMO_ADVISORY,
+            SIMULATED_MODEL,
+            "<1.1.0",
+            "high",
+            "demo: the web UI of firmware before 1.1.0 accepts any session cookie",
+        )
+
+
+def _audit_summary(platform: Platform) -> dict[str, Any]:
+    """Run the fleet audit and keep what the demo shows: counts by severity and the worst findings."""
+    import datetime as dt
+
+    from thingward.audit.checks import run_checks
+    from thingward.audit.gather import gather_snapshot
+    from thingward.audit.model import severity_rank
+
+    results = run_checks(gather_snapshot(platform))
+    findings = sorted(
+        ((f.severity, r.info.id, f.resource, f.message) for r in results for f in r.findings),
+        key=lambda item: (severity_rank(item[0]), item[1], item[2]),
+    )
+    counts = {
+        severity: sum(1 for f in findings if f[0] == severity) for severity in ("critical", "high", "medium", "low")
+    }
+    return {
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(),
+        "findings": counts,
+        "top": [{"severity": s, "check": c, "resource": r, "message": m} for s, c, r, m in findings[:5]],
+    }
+
+
 async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any]:
     from thingward.server import ThingwardServer
 
     if not (data_dir / CONFIG_FILE).exists():
         init_data_dir(data_dir)
     platform = Platform.open(data_dir)
+    _prepare_fleet_facts(platform)
     server = ThingwardServer(platform, "127.0.0.1", 0, 0)
     endpoints = await server.start()
     stop = threading.Event()
@@ -231,10 +284,12 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
             log,
             stop,
             True,
+            DEMO_STATES,
         )
+        audit = await asyncio.to_thread(_audit_summary, platform)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await server.stop()
         platform.close()
-    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result}
+    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result, "audit": audit}

@@ -152,7 +152,24 @@ def demo(
     from thingward.cli.demo import run_demo
 
     summary = asyncio.run(run_demo(data_dir, duration, live=not as_json))
-    emit(as_json, summary)
+
+    def human() -> None:
+        for camera, stats in summary["cameras"].items():
+            console.print(
+                f"{camera}: sent {stats['telemetry_sent']} telemetry and {stats['events_sent']} events, "
+                f"stored {stats['stored']}"
+            )
+        audit = summary["audit"]
+        counts = ", ".join(f"{n} {severity}" for severity, n in audit["findings"].items() if n) or "no findings"
+        console.print(f"\n[bold]Fleet audit[/bold]: {counts} (thingward audit --data-dir {data_dir} for all)")
+        for finding in audit["top"]:
+            console.print(
+                f"  {finding['severity']:<8} {finding['check']:<24} {finding['resource']}: {finding['message']}",
+                markup=False,
+                highlight=False,
+            )
+
+    emit(as_json, summary, human)
 
 
 log_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
