@@ -66,6 +66,13 @@ class AuditSettings:
     expiry_days: int = 30
     stale_days: int = 30
 
+    def __post_init__(self) -> None:
+        if self.interval_minutes < 0:
+            raise ConfigError(f"[audit] interval_minutes is {self.interval_minutes}: use 0 (off) or a positive number")
+        for name in ("keep_runs", "expiry_days", "stale_days"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[audit] {name} is {getattr(self, name)}: it must be at least 1")
+
 
 @dataclass(frozen=True)
 class DatabaseSettings:

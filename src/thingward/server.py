@@ -21,6 +21,7 @@ from sqlalchemy import select
 from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
+from thingward.audit.service import run_audit
 from thingward.broker.base import BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
@@ -167,6 +168,8 @@ class ThingwardServer:
                     raise RuntimeError("the HTTPS server stopped during start-up")
                 await asyncio.sleep(0.02)
         self._tasks.append(asyncio.create_task(self._watch(), name="thingward-watch"))
+        if self.platform.settings.audit.interval_minutes > 0:
+            self._tasks.append(asyncio.create_task(self._audit_on_schedule(), name="thingward-audit"))
         if self.platform.settings.mqtt.plaintext_port is not None:
             logger.warning("a plaintext MQTT listener is configured: it accepts no device (no identity)")
         return self.endpoints()
@@ -174,7 +177,7 @@ class ThingwardServer:
     async def stop(self) -> None:
         self._http.should_exit = True
         for task in reversed(self._tasks):
-            if task.get_name() == "thingward-watch":
+            if task.get_name() in {"thingward-watch", "thingward-audit"}:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=10)
@@ -189,6 +192,27 @@ class ThingwardServer:
                 await self.apply_changes()
             except Exception:
                 logger.exception("applying registry changes failed; will retry")
+
+    async def _audit_on_schedule(self) -> None:
+        """Audit the fleet and store the run now, then every `[audit] interval_minutes`."""
+        settings = self.platform.settings.audit
+        while True:
+            try:
+                outcome = await asyncio.to_thread(
+                    run_audit,
+                    self.platform,
+                    expiry_days=settings.expiry_days,
+                    stale_days=settings.stale_days,
+                    live_things=frozenset(self.broker.connected_things()),
+                    save=True,
+                    triggered_by="server:schedule",
+                )
+                counts = outcome.report["summary"]["findings"]
+                new = len(outcome.changes["new"]) if outcome.changes else sum(counts.values())
+                logger.info("audit run stored: %s; %d new since the last run", counts, new)
+            except Exception:
+                logger.exception("the scheduled audit failed; will try again at the next interval")
+            await asyncio.sleep(settings.interval_minutes * 60)
 
     async def apply_changes(self, force: bool = False) -> None:
         """Bring the data plane in line with the registry when it changed since the last look."""
