@@ -27,7 +27,7 @@ def gather_snapshot(
         # Columns, not ORM objects (which would also load every PEM and attribute): 100k things in seconds.
         certificates = tuple(
             CertificateFacts(thing=name, serial=serial, status=status, not_after=not_after, key_type=key_type)
-            for serial, status, not_after, key_type, name in session.execute(
+            for serial, status, not_after, key_type, name in session.connection().execute(
                 select(
                     Certificate.serial, Certificate.status, Certificate.not_after, Certificate.key_type, Thing.name
                 ).join(Thing)
@@ -35,7 +35,7 @@ def gather_snapshot(
         )
         devices = tuple(
             DeviceFacts(name=name, disabled=disabled, created_at=created_at, last_seen_at=last_seen_at)
-            for name, disabled, created_at, last_seen_at in session.execute(
+            for name, disabled, created_at, last_seen_at in session.connection().execute(
                 select(Thing.name, Thing.disabled, Thing.created_at, Thing.last_seen_at)
             )
         )

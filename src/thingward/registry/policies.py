@@ -112,11 +112,12 @@ def load_policy_world(session: Session) -> PolicyWorld:
         for _gid, name, parent_id in groups
     }
     memberships: dict[int, list[str]] = defaultdict(list)
-    for group_id, thing_id in session.execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
+    for group_id, thing_id in session.connection().execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
         memberships[thing_id].append(group_name[group_id])
     # Plain rows, not ORM objects: at 100k things building objects costs seconds on every reload.
     attributes: dict[int, dict[str, str]] = defaultdict(dict)
-    for thing_id, key, value in session.execute(
+    connection = session.connection()  # Core rows: no ORM bookkeeping per row
+    for thing_id, key, value in connection.execute(
         select(ThingAttribute.thing_id, ThingAttribute.key, ThingAttribute.value)
     ).all():
         attributes[thing_id][key] = value
@@ -126,14 +127,14 @@ def load_policy_world(session: Session) -> PolicyWorld:
             attributes=attributes.get(thing_id, {}),
             groups=tuple(sorted(memberships.get(thing_id, []))),
         )
-        for thing_id, name in session.execute(select(Thing.id, Thing.name).where(Thing.disabled.is_(False))).all()
+        for thing_id, name in connection.execute(select(Thing.id, Thing.name).where(Thing.disabled.is_(False))).all()
     }
     policies: dict[str, PolicyDocument] = {}
     policy_name: dict[int, str] = {}
     for pid, name, document in session.execute(select(Policy.id, Policy.name, Policy.document)).all():
         policies[name] = parse_policy_document(document)
         policy_name[pid] = name
-    thing_name = {tid: name for tid, name in session.execute(select(Thing.id, Thing.name)).all()}
+    thing_name = {tid: name for tid, name in session.connection().execute(select(Thing.id, Thing.name)).all()}
     group_policies: dict[str, list[str]] = defaultdict(list)
     thing_policies: dict[str, list[str]] = defaultdict(list)
     for pid, gid, tid in session.execute(
