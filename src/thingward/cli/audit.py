@@ -4,6 +4,7 @@ and the nouns around it: suppressions, stored history, mitigation.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -125,7 +126,9 @@ def audit(
     if sarif == "-" and as_json:
         raise InvalidInputError("--sarif - and --json both want stdout: write the SARIF to a file instead")
     platform = open_platform(data_dir)
-    outcome = run_audit(platform, expiry_days=expiry_days, stale_days=stale_days, save=save, triggered_by=_who())
+    quiet = as_json or sarif == "-"
+    with contextlib.nullcontext() if quiet else console.status("auditing the fleet ..."):
+        outcome = run_audit(platform, expiry_days=expiry_days, stale_days=stale_days, save=save, triggered_by=_who())
     if html is not None:
         write_atomic(html, render_html(outcome.report).encode())
     if sarif is not None:
