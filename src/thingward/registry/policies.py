@@ -111,12 +111,12 @@ def load_policy_world(session: Session) -> PolicyWorld:
         name: GroupFacts(name=name, parent=group_name.get(parent_id) if parent_id else None)
         for _gid, name, parent_id in groups
     }
+    # Plain Core rows for what grows with the fleet: ORM objects cost seconds at 100k things, on every reload.
+    connection = session.connection()
     memberships: dict[int, list[str]] = defaultdict(list)
-    for group_id, thing_id in session.connection().execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
+    for group_id, thing_id in connection.execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
         memberships[thing_id].append(group_name[group_id])
-    # Plain rows, not ORM objects: at 100k things building objects costs seconds on every reload.
     attributes: dict[int, dict[str, str]] = defaultdict(dict)
-    connection = session.connection()  # Core rows: no ORM bookkeeping per row
     for thing_id, key, value in connection.execute(
         select(ThingAttribute.thing_id, ThingAttribute.key, ThingAttribute.value)
     ).all():
@@ -134,7 +134,7 @@ def load_policy_world(session: Session) -> PolicyWorld:
     for pid, name, document in session.execute(select(Policy.id, Policy.name, Policy.document)).all():
         policies[name] = parse_policy_document(document)
         policy_name[pid] = name
-    thing_name = {tid: name for tid, name in session.connection().execute(select(Thing.id, Thing.name)).all()}
+    thing_name = {tid: name for tid, name in connection.execute(select(Thing.id, Thing.name)).all()}
     group_policies: dict[str, list[str]] = defaultdict(list)
     thing_policies: dict[str, list[str]] = defaultdict(list)
     for pid, gid, tid in session.execute(
