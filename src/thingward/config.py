@@ -56,6 +56,27 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    # The running server audits the fleet and stores the run every N minutes (0: never); the first run
+    # starts with the server. Daily by default, like a cloud audit schedule.
+    interval_minutes: float = 1440.0
+    # Stored runs kept; older ones are deleted when a new one is saved.
+    keep_runs: int = 400
+    # What the scheduled audit counts as expiring (certificates) and stale (devices), in days.
+    expiry_days: int = 30
+    stale_days: int = 30
+    # A device reporting access-point (onboarding) mode for longer than this is a finding.
+    onboarding_max_minutes: int = 15
+
+    def __post_init__(self) -> None:
+        if self.interval_minutes < 0:
+            raise ConfigError(f"[audit] interval_minutes is {self.interval_minutes}: use 0 (off) or a positive number")
+        for name in ("keep_runs", "expiry_days", "stale_days", "onboarding_max_minutes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[audit] {name} is {getattr(self, name)}: it must be at least 1")
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     url: str = ""
 
@@ -68,6 +89,7 @@ class Settings:
     pki: PkiSettings = field(default_factory=PkiSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -89,6 +111,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "pki": PkiSettings,
     "ingest": IngestSettings,
     "database": DatabaseSettings,
+    "audit": AuditSettings,
 }
 
 
@@ -108,6 +131,11 @@ def _coerce(section: str, key: str, value: Any, expected: Any) -> Any:
             return int(value) if value not in ("", None) else None
         except (TypeError, ValueError) as e:
             raise ConfigError(f"[{section}] {key} must be an integer, got {value!r}") from e
+    if isinstance(expected, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[{section}] {key} must be a number, got {value!r}") from e
     if isinstance(expected, tuple):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -176,6 +204,14 @@ ca_passphrase_env = "{ca_passphrase_env}"
 
 [ingest]
 retention_per_thing = 1000
+
+[audit]
+# The server runs the fleet audit and stores it every N minutes (0: off); the first run is at start.
+interval_minutes = 1440
+keep_runs = 400
+expiry_days = 30
+stale_days = 30
+onboarding_max_minutes = 15
 
 [database]
 # url = "postgresql+psycopg://thingward@localhost/thingward"   # default: SQLite in the data dir

@@ -62,6 +62,25 @@ def write_live_state(
     write_secret(path, json.dumps(document, separators=(",", ":")).encode())
 
 
+def live_state(
+    written_at: dt.datetime,
+    sessions: Sequence[Mapping[str, str]],
+    takeovers: Mapping[str, Sequence[Mapping[str, str]]],
+) -> LiveState:
+    """The live state from the broker's dicts (as `write_live_state` takes and the file holds them)."""
+    return LiveState(
+        written_at,
+        tuple(
+            SessionFacts(s["thing"], s["serial"], s["peer"], dt.datetime.fromisoformat(s["since"])) for s in sessions
+        ),
+        tuple(
+            TakeoverFacts(thing, dt.datetime.fromisoformat(t["at"]), t["old_peer"], t["new_peer"])
+            for thing, events in takeovers.items()
+            for t in events
+        ),
+    )
+
+
 def read_live_state(path: Path, now: dt.datetime | None = None) -> LiveState | None:
     """The live state if a server wrote it within MAX_AGE, else None."""
     try:
@@ -69,15 +88,6 @@ def read_live_state(path: Path, now: dt.datetime | None = None) -> LiveState | N
         written_at = dt.datetime.fromisoformat(document["written_at"])
         if (now or dt.datetime.now(dt.UTC)) - written_at > MAX_AGE:
             return None
-        sessions = tuple(
-            SessionFacts(s["thing"], s["serial"], s["peer"], dt.datetime.fromisoformat(s["since"]))
-            for s in document["sessions"]
-        )
-        takeovers = tuple(
-            TakeoverFacts(thing, dt.datetime.fromisoformat(t["at"]), t["old_peer"], t["new_peer"])
-            for thing, events in document["takeovers"].items()
-            for t in events
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return live_state(written_at, document["sessions"], document["takeovers"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return LiveState(written_at, sessions, takeovers)

@@ -21,10 +21,11 @@ from sqlalchemy import select
 from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
+from thingward.audit.service import run_audit
 from thingward.broker.base import BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
-from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, write_live_state
+from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
 from thingward.platform import Platform
 from thingward.policy.engine import PolicyEngine
 from thingward.policy.world import PolicyWorld
@@ -168,6 +169,8 @@ class ThingwardServer:
                     raise RuntimeError("the HTTPS server stopped during start-up")
                 await asyncio.sleep(0.02)
         self._tasks.append(asyncio.create_task(self._watch(), name="thingward-watch"))
+        if self.platform.settings.audit.interval_minutes > 0:
+            self._tasks.append(asyncio.create_task(self._audit_on_schedule(), name="thingward-audit"))
         if self.platform.settings.mqtt.plaintext_port is not None:
             logger.warning("a plaintext MQTT listener is configured: it accepts no device (no identity)")
         return self.endpoints()
@@ -175,7 +178,7 @@ class ThingwardServer:
     async def stop(self) -> None:
         self._http.should_exit = True
         for task in reversed(self._tasks):
-            if task.get_name() == "thingward-watch":
+            if task.get_name() in {"thingward-watch", "thingward-audit"}:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=10)
@@ -199,15 +202,40 @@ class ThingwardServer:
                 except OSError:
                     logger.exception("writing the live session state failed; will retry")
 
-    async def write_live_state(self) -> None:
-        """Share the live sessions and recent takeovers with other processes (the audit).
-
-        Read on the loop, where the broker changes them; written in a thread.
-        """
+    def _live_dicts(self) -> tuple[list[dict[str, str]], dict[str, list[dict[str, str]]]]:
+        """The broker's live sessions and recent takeovers; call on the loop, where the broker changes them."""
         sessions = [s.to_dict() for s in self.broker.live_sessions()]
         takeovers = {thing: [t.to_dict() for t in events] for thing, events in self.broker.takeovers().items()}
+        return sessions, takeovers
+
+    async def write_live_state(self) -> None:
+        """Share the live sessions and recent takeovers with other processes (the audit)."""
+        sessions, takeovers = self._live_dicts()
         path = self.platform.settings.data_dir / LIVE_STATE_FILE
         await asyncio.to_thread(write_live_state, path, sessions, takeovers)
+
+    async def _audit_on_schedule(self) -> None:
+        """Audit the fleet and store the run now, then every `[audit] interval_minutes`."""
+        settings = self.platform.settings.audit
+        while True:
+            try:
+                sessions, takeovers = self._live_dicts()
+                outcome = await asyncio.to_thread(
+                    run_audit,
+                    self.platform,
+                    expiry_days=settings.expiry_days,
+                    stale_days=settings.stale_days,
+                    live_things=frozenset(self.broker.connected_things()),
+                    live=live_state(dt.datetime.now(dt.UTC), sessions, takeovers),
+                    save=True,
+                    triggered_by="server:schedule",
+                )
+                counts = outcome.report["summary"]["findings"]
+                new = len(outcome.changes["new"]) if outcome.changes else sum(counts.values())
+                logger.info("audit run stored: %s; %d new since the last run", counts, new)
+            except Exception:
+                logger.exception("the scheduled audit failed; will try again at the next interval")
+            await asyncio.sleep(settings.interval_minutes * 60)
 
     async def apply_changes(self, force: bool = False) -> None:
         """Bring the data plane in line with the registry when it changed since the last look."""

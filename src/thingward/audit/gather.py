@@ -41,13 +41,20 @@ def gather_snapshot(
         live_things = live.things
     with platform.db.read() as session:
         world = load_policy_world(session)
+        # Columns, not ORM objects (which would also load every PEM and attribute): 100k things in seconds.
         certificates = tuple(
-            CertificateFacts(thing=name, serial=c.serial, status=c.status, not_after=c.not_after, key_type=c.key_type)
-            for c, name in session.execute(select(Certificate, Thing.name).join(Thing))
+            CertificateFacts(thing=name, serial=serial, status=status, not_after=not_after, key_type=key_type)
+            for serial, status, not_after, key_type, name in session.connection().execute(
+                select(
+                    Certificate.serial, Certificate.status, Certificate.not_after, Certificate.key_type, Thing.name
+                ).join(Thing)
+            )
         )
         devices = tuple(
-            DeviceFacts(name=t.name, disabled=t.disabled, created_at=t.created_at, last_seen_at=t.last_seen_at)
-            for t in session.execute(select(Thing)).scalars()
+            DeviceFacts(name=name, disabled=disabled, created_at=created_at, last_seen_at=last_seen_at)
+            for name, disabled, created_at, last_seen_at in session.connection().execute(
+                select(Thing.name, Thing.disabled, Thing.created_at, Thing.last_seen_at)
+            )
         )
         chain_intact = verify_audit_chain(session) is None
         reports = tuple(

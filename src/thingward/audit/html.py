@@ -22,6 +22,8 @@ def render_html(report: dict[str, Any]) -> str:
             by_part[check["part"]][finding["severity"]] += 1
     widest = max((sum(counts.values()) for counts in by_part.values()), default=0)
     scale = 520 / widest if widest else 0
+    changes = report.get("changes") or {}
+    new_ids = {finding["id"] for finding in changes.get("new", [])}
     return _env.get_template("report.html.j2").render(
         report=report,
         severities=SEVERITIES,
@@ -30,4 +32,5 @@ def render_html(report: dict[str, Any]) -> str:
         scale=scale,
         colours=COLOURS,
         names=STANDARD_NAMES,
+        new_ids=new_ids,
     )

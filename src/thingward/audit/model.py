@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -137,3 +138,16 @@ class AuditSnapshot:
     sessions: tuple[SessionFacts, ...] | None = None  # None: no running server was asked
     takeovers: tuple[TakeoverFacts, ...] = ()
     onboarding_max_minutes: int = 15
+
+
+FINDING_ID_LENGTH = 10
+
+
+def finding_id(check_id: str, resource: str) -> str:
+    """A short id for what a check found on one resource: the same on every run while the finding lasts.
+
+    Derived from the check and the resource only (never the message, which carries dates and counts), so
+    suppressions, history and mitigation can name a finding across runs.
+    """
+    digest = hashlib.sha256(f"{check_id}\x00{resource}".encode()).hexdigest()
+    return digest[:FINDING_ID_LENGTH]

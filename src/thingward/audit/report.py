@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from thingward.audit.model import SEVERITIES, CheckResult, Severity, severity_rank
+from thingward.audit.model import SEVERITIES, CheckResult, Severity, finding_id, severity_rank
 
 
-def build_report(results: Sequence[CheckResult], generated_at: dt.datetime) -> dict[str, Any]:
+def build_report(
+    results: Sequence[CheckResult],
+    generated_at: dt.datetime,
+    extras: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report: summary, checks worst first, each finding with its stable id.
+
+    `extras` adds keys (suppressed findings, expired suppressions, changes since the last stored run).
+    """
     findings_by_severity = {severity: 0 for severity in SEVERITIES}
     statuses = {"pass": 0, "fail": 0, "not_applicable": 0}
     for result in results:
@@ -17,10 +25,17 @@ def build_report(results: Sequence[CheckResult], generated_at: dt.datetime) -> d
         for finding in result.findings:
             findings_by_severity[finding.severity] += 1
     ordered = sorted(results, key=lambda r: (r.status != "fail", severity_rank(r.severity), r.info.id))
+    checks = []
+    for result in ordered:
+        check = result.to_dict()
+        for finding in check["findings"]:
+            finding["id"] = finding_id(result.info.id, finding["resource"])
+        checks.append(check)
     return {
         "generated_at": generated_at.isoformat(),
         "summary": {"findings": findings_by_severity, "checks": statuses},
-        "checks": [result.to_dict() for result in ordered],
+        "checks": checks,
+        **(extras or {}),
     }
 
 

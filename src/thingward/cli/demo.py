@@ -232,11 +232,10 @@ def _audit_summary(platform: Platform) -> dict[str, Any]:
     """Run the fleet audit and keep what the demo shows: counts by severity and the worst findings."""
     import datetime as dt
 
-    from thingward.audit.checks import run_checks
-    from thingward.audit.gather import gather_snapshot
     from thingward.audit.model import severity_rank
+    from thingward.audit.service import run_audit
 
-    results = run_checks(gather_snapshot(platform))
+    results = run_audit(platform).results
     findings = sorted(
         ((f.severity, r.info.id, f.resource, f.message) for r in results for f in r.findings),
         key=lambda item: (severity_rank(item[0]), item[1], item[2]),

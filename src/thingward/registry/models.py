@@ -208,3 +208,42 @@ class DeviceReport(Base):
     onboarding_state: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
     onboarding_since: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     thing: Mapped[Thing] = relationship()
+
+
+class AuditSuppression(Base):
+    """An accepted audit finding (one check, on one resource or on all), with a reason and an end date."""
+
+    __tablename__ = "audit_suppressions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    check_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource: Mapped[str | None] = mapped_column(String(256), nullable=True)  # None: the whole check
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class AuditRun(Base):
+    """One stored audit: when, what started it, the summary and the findings' ids (for 'new since last')."""
+
+    __tablename__ = "audit_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    triggered_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    summary: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    findings: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of {id, check, resource, ...}
+
+
+class AuditMitigation(Base):
+    """A mitigation applied to a thing for a finding, with what undoing it must restore."""
+
+    __tablename__ = "audit_mitigations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finding_id: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    thing: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    previous_groups: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON
+    previous_policies: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON, thing-attached
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    undone_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -7,14 +7,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from thingward.errors import ConflictError, NotFoundError
 from thingward.names import validate_name
 from thingward.policy.document import PolicyDocument, parse_policy_document
 from thingward.policy.world import GroupFacts, PolicyWorld, ThingFacts
 from thingward.registry.audit_log import Actor, record_event
-from thingward.registry.models import GroupMember, Policy, PolicyAttachment, Thing, ThingGroup
+from thingward.registry.models import GroupMember, Policy, PolicyAttachment, Thing, ThingAttribute, ThingGroup
 from thingward.registry.things import get_group, get_thing
 
 
@@ -111,26 +111,30 @@ def load_policy_world(session: Session) -> PolicyWorld:
         name: GroupFacts(name=name, parent=group_name.get(parent_id) if parent_id else None)
         for _gid, name, parent_id in groups
     }
+    # Plain Core rows for what grows with the fleet: ORM objects cost seconds at 100k things, on every reload.
+    connection = session.connection()
     memberships: dict[int, list[str]] = defaultdict(list)
-    for group_id, thing_id in session.execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
+    for group_id, thing_id in connection.execute(select(GroupMember.group_id, GroupMember.thing_id)).all():
         memberships[thing_id].append(group_name[group_id])
-    things = session.execute(
-        select(Thing).where(Thing.disabled.is_(False)).options(selectinload(Thing.attributes))
-    ).scalars()
+    attributes: dict[int, dict[str, str]] = defaultdict(dict)
+    for thing_id, key, value in connection.execute(
+        select(ThingAttribute.thing_id, ThingAttribute.key, ThingAttribute.value)
+    ).all():
+        attributes[thing_id][key] = value
     thing_facts = {
-        t.name: ThingFacts(
-            name=t.name,
-            attributes={a.key: a.value for a in t.attributes},
-            groups=tuple(sorted(memberships.get(t.id, []))),
+        name: ThingFacts(
+            name=name,
+            attributes=attributes.get(thing_id, {}),
+            groups=tuple(sorted(memberships.get(thing_id, []))),
         )
-        for t in things
+        for thing_id, name in connection.execute(select(Thing.id, Thing.name).where(Thing.disabled.is_(False))).all()
     }
     policies: dict[str, PolicyDocument] = {}
     policy_name: dict[int, str] = {}
     for pid, name, document in session.execute(select(Policy.id, Policy.name, Policy.document)).all():
         policies[name] = parse_policy_document(document)
         policy_name[pid] = name
-    thing_name = {tid: name for tid, name in session.execute(select(Thing.id, Thing.name)).all()}
+    thing_name = {tid: name for tid, name in connection.execute(select(Thing.id, Thing.name)).all()}
     group_policies: dict[str, list[str]] = defaultdict(list)
     thing_policies: dict[str, list[str]] = defaultdict(list)
     for pid, gid, tid in session.execute(
