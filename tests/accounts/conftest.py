@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import re
 import socket
 import threading
@@ -14,23 +12,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from thingward.accounts.mail import SmtpMailer
+from lab.accounts import FakeClock, make_accounts
 from thingward.accounts.service import Accounts
-from thingward.config import AccountsSettings, SmtpSettings
+from thingward.config import SmtpSettings
 from thingward.platform import Platform
-
-
-class FakeClock:
-    """The service's clock: starts at a fixed instant and moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 class Inbox:
@@ -89,14 +74,6 @@ def inbox(smtp: tuple[Inbox, SmtpSettings]) -> Inbox:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-# Cheap argon2 parameters keep the suite fast; tests of the production costs say so.
-FAST = AccountsSettings(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
-
-
-def make_accounts(platform: Platform, smtp: SmtpSettings, clock: FakeClock, **changes: Any) -> Accounts:
-    return Accounts(platform.db, dataclasses.replace(FAST, **changes), SmtpMailer(smtp), clock)
 
 
 @pytest.fixture
