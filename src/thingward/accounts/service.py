@@ -9,15 +9,16 @@ stored only as SHA-256 digests; passwords as argon2id hashes; the TOTP key seale
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Result, delete, or_, select, update
 from sqlalchemy.orm import Session
@@ -42,7 +43,7 @@ from thingward.accounts.passwords import (
 )
 from thingward.accounts.sharing import groups_of
 from thingward.config import AccountsSettings
-from thingward.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
+from thingward.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, ThingwardError
 from thingward.registry.audit_log import Actor, record_event
 from thingward.registry.db import Database
 from thingward.registry.models import (
@@ -187,6 +188,25 @@ class ApiTokenInfo:
 class NewApiToken:
     token: str
     info: ApiTokenInfo
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _records_refusals(method: Callable[Concatenate[Accounts, P], R]) -> Callable[Concatenate[Accounts, P], R]:
+    @functools.wraps(method)
+    def wrapper(self: Accounts, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except ThingwardError as e:
+            refusal = getattr(e, "refusal", None)
+            if refusal is not None:
+                with self.db.session() as session:
+                    record_event(session, *refusal)
+            raise
+
+    return wrapper
 
 
 @dataclass
@@ -430,6 +450,7 @@ class Accounts:
 
     # --- password changes and resets ---
 
+    @_records_refusals
     def change_password(
         self, user_id: int, current_password: str, new_password: str, keep_session_token: str | None = None
     ) -> int:
@@ -438,8 +459,12 @@ class Accounts:
         with self.db.session() as session:
             user = self._user_by_id(session, user_id)
             if not self.hasher.verify(user.password_hash, current_password):
-                record_event(session, Actor(user.email, "app"), "user.password_change_refused", f"user:{user.email}")
-                raise AuthenticationError("the current password is wrong")
+                raise _refused(
+                    AuthenticationError("the current password is wrong"),
+                    Actor(user.email, "app"),
+                    "user.password_change_refused",
+                    f"user:{user.email}",
+                )
             if self.hasher.verify(user.password_hash, new_password):
                 raise InvalidInputError("the new password is the same as the current one")
             self._require_strong(new_password, user.email, user.display_name)
@@ -521,6 +546,7 @@ class Accounts:
             )
         self._flush(notices)
 
+    @_records_refusals
     def reset_password(self, token: str, new_password: str, ip: str = "") -> UserInfo:
         """Set a new password with a reset token: single use, expiring; ends every session, lifts a lockout."""
         now = self.clock()
@@ -530,15 +556,13 @@ class Accounts:
             ).scalar_one_or_none()
             if row is None or row.used_at is not None or row.expires_at <= now or row.user_id is None:
                 reason = "unknown" if row is None else ("used" if row.used_at else "expired")
-                with self.db.session() as audit:
-                    record_event(
-                        audit,
-                        Actor("anonymous", f"ip:{ip}"),
-                        "user.reset_refused",
-                        "password_reset",
-                        {"reason": reason},
-                    )
-                raise InvalidTokenError("this reset link is not valid (used, expired or mistyped): ask for a new one")
+                raise _refused(
+                    InvalidTokenError("this reset link is not valid (used, expired or mistyped): ask for a new one"),
+                    Actor("anonymous", f"ip:{ip}"),
+                    "user.reset_refused",
+                    "password_reset",
+                    {"reason": reason},
+                )
             user = self._user_by_id(session, row.user_id)
             self._require_strong(new_password, user.email, user.display_name)
             claimed = _changed(
@@ -561,6 +585,7 @@ class Accounts:
             )
             return self._info(session, user)
 
+    @_records_refusals
     def change_email(self, user_id: int, password: str, code: str | None, new_email: str) -> UserInfo:
         """Change the sign-in email: needs the password and, with 2FA on, a current code. Both addresses
         are told."""
@@ -594,9 +619,12 @@ class Accounts:
         if user.totp_enabled_at is not None:
             code_ok = password_ok and code is not None and self._accept_totp(session, user, code, now)
         if not (password_ok and code_ok):
-            with self.db.session() as audit:
-                record_event(audit, Actor(user.email, "app"), refused_action, f"user:{user.email}")
-            raise AuthenticationError("the password or the code is wrong")
+            raise _refused(
+                AuthenticationError("the password or the code is wrong"),
+                Actor(user.email, "app"),
+                refused_action,
+                f"user:{user.email}",
+            )
 
     # --- TOTP ---
 
@@ -610,6 +638,7 @@ class Accounts:
             uri = totp.provisioning_uri(secret, user.email, self.settings.product_name)
         return TotpEnrolment(secret=secret, uri=uri, qr_svg=totp.qr_svg(uri))
 
+    @_records_refusals
     def confirm_totp(self, user_id: int, code: str, session_token: str | None = None) -> tuple[list[str], str | None]:
         """Turn 2FA on with a first code from the pending key. Returns ten recovery codes (shown once) and,
         if `session_token` was given, the new id of that session (a privilege change gets a new id)."""
@@ -623,9 +652,12 @@ class Accounts:
             secret = sealing.unseal(key, user.id, user.totp_pending_sealed)
             step = totp.match_step(secret, code, now, None)
             if step is None:
-                with self.db.session() as audit:
-                    record_event(audit, Actor(user.email, "app"), "user.2fa_confirm_refused", f"user:{user.email}")
-                raise AuthenticationError("the code is wrong: check the time on your phone and type the newest code")
+                raise _refused(
+                    AuthenticationError("the code is wrong: check the time on your phone and type the newest code"),
+                    Actor(user.email, "app"),
+                    "user.2fa_confirm_refused",
+                    f"user:{user.email}",
+                )
             user.totp_secret_sealed = sealing.seal(key, user.id, secret)
             user.totp_pending_sealed = None
             user.totp_enabled_at = now
@@ -640,6 +672,7 @@ class Accounts:
         session.add_all(RecoveryCode(user_id=user.id, code_sha256=totp.recovery_code_digest(c)) for c in codes)
         session.flush()
 
+    @_records_refusals
     def regenerate_recovery_codes(self, user_id: int, password: str, code: str) -> list[str]:
         now = self.clock()
         codes = totp.new_recovery_codes()
@@ -652,6 +685,7 @@ class Accounts:
             record_event(session, Actor(user.email, "app"), "user.recovery_codes_renew", f"user:{user.email}")
         return codes
 
+    @_records_refusals
     def disable_totp(self, user_id: int, password: str, code: str) -> None:
         """Turn 2FA off: needs the password and a current code (a recovery code will do)."""
         now = self.clock()
@@ -663,9 +697,12 @@ class Accounts:
             password_ok = self.hasher.verify(user.password_hash, password)
             code_ok = password_ok and self._accept_second_factor(session, user, code, now)
             if not code_ok:
-                with self.db.session() as audit:
-                    record_event(audit, Actor(user.email, "app"), "user.2fa_disable_refused", f"user:{user.email}")
-                raise AuthenticationError("the password or the code is wrong")
+                raise _refused(
+                    AuthenticationError("the password or the code is wrong"),
+                    Actor(user.email, "app"),
+                    "user.2fa_disable_refused",
+                    f"user:{user.email}",
+                )
             user.totp_secret_sealed = None
             user.totp_pending_sealed = None
             user.totp_enabled_at = None
@@ -1132,6 +1169,7 @@ class Accounts:
                 session, Actor(user.email, "app"), "api_token.revoke", f"user:{user.email}", {"token": token_id}
             )
 
+    @_records_refusals
     def authenticate_api_token(self, raw: str, scope: str) -> UserInfo:
         """The person a token acts for, if it is live and carries `scope`. An unknown, expired or revoked
         token is InvalidTokenError; a live one without the scope is PermissionDeniedError."""
@@ -1145,14 +1183,13 @@ class Accounts:
                 raise InvalidTokenError("the API token is not valid (unknown, expired or revoked)")
             granted = set(row.scopes.split())
             if scope not in granted or (scope == "admin" and not user.is_admin):
-                record_event(
-                    session,
+                raise _refused(
+                    PermissionDeniedError(f"this token does not carry the {scope!r} scope"),
                     Actor(user.email, "api"),
                     "api_token.scope_refused",
                     f"user:{user.email}",
                     {"token": row.id, "scope": scope},
                 )
-                raise PermissionDeniedError(f"this token does not carry the {scope!r} scope")
             row.last_used_at = now
             return self._info(session, user)
 
@@ -1172,6 +1209,16 @@ class Accounts:
     def _flush(self, notices: _Notices) -> None:
         for mail in notices.mails:
             self._send(mail, required=isinstance(mail, _Required))
+
+
+_E = TypeVar("_E", bound=ThingwardError)
+
+
+def _refused(error: _E, actor: Actor, action: str, target: str, detail: Mapping[str, object] | None = None) -> _E:
+    """Mark an error with the audit event of the refusal: `_records_refusals` writes it after the failed
+    transaction was rolled back (an event written inside it would be rolled back with it)."""
+    error.refusal = (actor, action, target, detail)  # type: ignore[attr-defined]
+    return error
 
 
 class _Required(Mail):
