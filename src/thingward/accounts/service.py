@@ -97,6 +97,14 @@ def normalize_email(email: str) -> str:
     return cleaned
 
 
+def user_by_email(session: Session, email: str) -> User:
+    """The user with this email, in the caller's session (for doors that also work on sharing)."""
+    user = session.execute(select(User).where(User.email == normalize_email(email))).scalar_one_or_none()
+    if user is None:
+        raise NotFoundError(f"no user with email {email!r}: see 'thingward user list'")
+    return user
+
+
 class LoginOutcome(StrEnum):
     OK = "ok"
     NEED_SECOND_FACTOR = "need_second_factor"  # the password was right; ask for the TOTP or a recovery code
@@ -255,10 +263,7 @@ class Accounts:
     # --- users ---
 
     def _user(self, session: Session, email: str) -> User:
-        user = session.execute(select(User).where(User.email == normalize_email(email))).scalar_one_or_none()
-        if user is None:
-            raise NotFoundError(f"no user with email {email!r}: see 'thingward user list'")
-        return user
+        return user_by_email(session, email)
 
     def _user_by_id(self, session: Session, user_id: int) -> User:
         user = session.get(User, user_id)
@@ -882,7 +887,15 @@ class Accounts:
         target = f"user:{user.email}"
         browser = self._known_browser(session, user, browser_token)
         needs_factor = user.totp_enabled_at is not None
-        if needs_factor or browser is None:
+        # The very first sign-in with a password generated and shown once on the operator's console (the
+        # first admin, before any mail server is set up): that password is itself the one-time secret
+        # from a second channel, and it must be replaced at once.
+        first_with_generated = (
+            user.must_change_password
+            and not needs_factor
+            and session.execute(select(KnownBrowser.id).where(KnownBrowser.user_id == user.id).limit(1)).first() is None
+        )
+        if needs_factor or (browser is None and not first_with_generated):
             if second_factor is None:
                 throttle.refund(session, account, now, forget=False)
                 throttle.refund(session, here, now, forget=False)

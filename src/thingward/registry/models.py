@@ -237,9 +237,7 @@ class OneTimeToken(Base):
     used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
-    __table_args__ = (
-        CheckConstraint("purpose in ('reset', 'signin', 'invite')", name="ck_one_time_tokens_purpose"),
-    )
+    __table_args__ = (CheckConstraint("purpose in ('reset', 'signin', 'invite')", name="ck_one_time_tokens_purpose"),)
 
 
 class ApiToken(Base):
