@@ -183,7 +183,7 @@ def _split_words(words: Sequence[str]) -> list[str]:
 class PasswordHasher:
     """argon2id with the configured cost; `needs_rehash` tells when a stored hash was made with other costs."""
 
-    def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4) -> None:
+    def __init__(self, time_cost: int = 2, memory_kib: int = 19456, parallelism: int = 1) -> None:
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=argon2.Type.ID
         )
