@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -57,6 +58,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
     controller.start()

@@ -189,6 +189,17 @@ def test_lockout_after_ten_failures_with_a_notice_and_the_right_password_does_no
     assert accounts.login("alice@example.com", PASSWORD).outcome == "need_email_code"
 
 
+def test_a_served_lockout_starts_the_count_again(accounts: Accounts, inbox, clock) -> None:
+    make_user(accounts)
+    for _ in range(10):
+        accounts.login("alice@example.com", "nope nope nope")
+        clock.advance(61)
+    clock.advance(901)
+    # One more mistake after the lockout is a fresh first failure, not an instant second lockout.
+    assert accounts.login("alice@example.com", "nope nope nope").outcome == "refused"
+    assert accounts.login("alice@example.com", PASSWORD).outcome == "need_email_code"
+
+
 def test_per_address_throttle_slows_password_spraying(accounts: Accounts, inbox) -> None:
     for i in range(21):
         accounts.login(f"user{i}@example.com", "Summer2026!", ip="198.51.100.9")

@@ -76,7 +76,10 @@ def charge(session: Session, key: str, rule: ThrottleRule, now: dt.datetime) -> 
     if row is None:
         row = LoginThrottle(key=key, failures=0, last_failure_at=now, next_allowed_at=now)
         session.add(row)
-    elif now - row.last_failure_at > rule.forget_after and (row.locked_until is None or row.locked_until <= now):
+    elif (row.locked_until is not None and row.locked_until <= now) or (
+        row.locked_until is None and now - row.last_failure_at > rule.forget_after
+    ):
+        # A lockout served, or an hour of quiet, starts the count again.
         row.failures = 0
         row.locked_until = None
     row.failures += 1
