@@ -508,6 +508,7 @@ class Accounts:
             return
         notices = _Notices()
         with self.db.session() as session:
+            throttle.hold(session, [throttle.address_key(ip)], now)
             verdict = throttle.peek(session, throttle.address_key(ip), now)
             user = session.execute(select(User).where(User.email == address)).scalar_one_or_none()
             # Reset requests cost an address a little, so mailing many accounts from one place slows down.
@@ -799,6 +800,7 @@ class Accounts:
         user_agent = user_agent[:512]
         # 1. The throttle, charged up front (refunded below on success).
         with self.db.session() as session:
+            throttle.hold(session, [account, here], now)
             for key in (account, here):
                 verdict = throttle.peek(session, key, now)
                 if not verdict.allowed:

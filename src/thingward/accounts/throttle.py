@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from thingward.registry.models import LoginThrottle
@@ -56,6 +57,20 @@ def address_key(ip: str) -> str:
 
 def _row(session: Session, key: str) -> LoginThrottle | None:
     return session.execute(select(LoginThrottle).where(LoginThrottle.key == key).with_for_update()).scalar_one_or_none()
+
+
+def hold(session: Session, keys: list[str], now: dt.datetime) -> None:
+    """Make sure the rows of `keys` exist and lock them for this transaction (in one order, so two
+    requests never wait on each other crosswise): the check and the charge that follow are then one
+    step for parallel requests, on PostgreSQL as on SQLite (whose write transactions are serial anyway)."""
+    for key in sorted(set(keys)):
+        if _row(session, key) is None:
+            try:
+                with session.begin_nested():
+                    session.add(LoginThrottle(key=key, failures=0, last_failure_at=now, next_allowed_at=now))
+            except IntegrityError:
+                pass  # another request made it first; the select below waits for it and locks it
+            _row(session, key)
 
 
 def peek(session: Session, key: str, now: dt.datetime) -> Verdict:
