@@ -103,3 +103,26 @@ def test_human_output_and_help(cli_dir: Path) -> None:
     assert result.exit_code == 0
     for command in ("add", "list", "show", "disable", "group", "share", "invite", "unlock"):
         assert command in result.stdout
+
+
+def test_operator_resets_password_and_2fa(cli_dir: Path) -> None:
+    from lab.accounts import enroll_totp
+    from thingward.accounts.service import Accounts
+    from thingward.platform import Platform
+
+    out = run(
+        cli_dir, "user", "add", "a@example.com", "--password-env", "PW", env={"PW": "tangerine harpsichord velvet"}
+    )
+    assert "no 2FA to reset" in run(cli_dir, "user", "reset-2fa", "a@example.com", code=1)["error"]
+    platform = Platform.open(cli_dir)
+    try:
+        enroll_totp(Accounts.for_platform(platform), out["id"])
+    finally:
+        platform.close()
+    assert run(cli_dir, "user", "show", "a@example.com")["totp_enabled"] is True
+    run(cli_dir, "user", "reset-2fa", "a@example.com")
+    assert run(cli_dir, "user", "show", "a@example.com")["totp_enabled"] is False
+    new = run(cli_dir, "user", "reset-password", "a@example.com")
+    assert len(new["password"]) >= 24
+    shown = run(cli_dir, "user", "show", "a@example.com")
+    assert shown["must_change_password"] is True and shown["recovery_codes_left"] is None

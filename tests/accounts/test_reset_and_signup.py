@@ -168,3 +168,20 @@ def test_open_sign_up_when_configured(platform, smtp, clock) -> None:
     accounts.sign_up("frank@example.com", PASSWORD)
     with pytest.raises(ConflictError):
         accounts.sign_up("frank@example.com", NEW_PASSWORD)
+
+
+def test_operator_reset_ends_sessions_lifts_lockout_and_voids_the_old_password(
+    accounts: Accounts, inbox, clock
+) -> None:
+    make_user(accounts)
+    token = signed_in(accounts, inbox).session_token or ""
+    for _ in range(10):
+        accounts.login("alice@example.com", "nope nope nope")
+        clock.advance(61)
+    new = accounts.admin_reset_password(cli_actor(), "alice@example.com")
+    assert accounts.authenticate_session(token) is None
+    assert accounts.login("alice@example.com", PASSWORD).outcome == "refused"
+    clock.advance(61)
+    result = accounts.login("alice@example.com", new)
+    assert result.outcome == "need_email_code"  # a known account's new browser is still verified
+    assert "reset by an administrator" in inbox.to("alice@example.com")[-2][0]

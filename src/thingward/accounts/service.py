@@ -368,6 +368,53 @@ class Accounts:
             )
             return self._info(session, user)
 
+    def admin_reset_password(self, actor: Actor, email: str) -> str:
+        """An operator's reset for someone who cannot use the mailed link: a new random password, returned
+        once, to be changed at the next sign-in; every session ends and a lockout is lifted."""
+        password = generate_password()
+        notices = _Notices()
+        with self.db.session() as session:
+            user = self._user(session, email)
+            ended = self._set_password(session, user, password, None)
+            user.must_change_password = True
+            throttle.unlock(session, throttle.account_key(user.email))
+            record_event(session, actor, "user.admin_password_reset", f"user:{user.email}", {"sessions_ended": ended})
+            notices.mails.append(
+                self._notice(
+                    user.email,
+                    "Your password was reset by an administrator",
+                    "An administrator set a new password for your account; "
+                    "they will give it to you. Your sessions were ended.",
+                )
+            )
+        self._flush(notices)
+        return password
+
+    def admin_reset_totp(self, actor: Actor, email: str) -> None:
+        """An operator's way out for someone who lost both the phone and the recovery codes: 2FA off,
+        every session ended, the person told. They enrol again at the next sign-in (if 2FA is required)."""
+        notices = _Notices()
+        with self.db.session() as session:
+            user = self._user(session, email)
+            if user.totp_enabled_at is None and user.totp_pending_sealed is None:
+                raise InvalidInputError(f"{user.email} has no 2FA to reset")
+            user.totp_secret_sealed = None
+            user.totp_pending_sealed = None
+            user.totp_enabled_at = None
+            user.totp_last_step = None
+            session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+            ended = self._end_sessions(session, user.id)
+            record_event(session, actor, "user.admin_2fa_reset", f"user:{user.email}", {"sessions_ended": ended})
+            notices.mails.append(
+                self._notice(
+                    user.email,
+                    "Two-factor authentication was reset by an administrator",
+                    "An administrator turned off two-factor authentication for your "
+                    "account. Set it up again at your next sign-in.",
+                )
+            )
+        self._flush(notices)
+
     def unlock(self, actor: Actor, email: str) -> bool:
         with self.db.session() as session:
             user = self._user(session, email)

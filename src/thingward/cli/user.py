@@ -159,6 +159,28 @@ def unlock(email: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> N
     emit(as_json, {"email": email, "was_locked": was_locked})
 
 
+@app.command("reset-password")
+@handle_errors
+def reset_password(email: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Set a new random password (printed once, to be changed at the next sign-in) for someone who cannot
+    use the mailed reset link. Ends their sessions and lifts a lockout."""
+    password = _accounts(open_platform(data_dir)).admin_reset_password(cli_actor(), email)
+
+    def human() -> None:
+        console.print(f"new password for [bold]{email}[/bold] (shown once, to be changed): [bold]{password}[/bold]")
+
+    emit(as_json, {"email": email, "password": password}, human)
+
+
+@app.command("reset-2fa")
+@handle_errors
+def reset_2fa(email: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Turn 2FA off for someone who lost both the phone and the recovery codes (check who they are first).
+    Ends their sessions; they enrol again at the next sign-in."""
+    _accounts(open_platform(data_dir)).admin_reset_totp(cli_actor(), email)
+    emit(as_json, {"email": email, "totp_enabled": False})
+
+
 @app.command("invite")
 @handle_errors
 def invite(email: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
