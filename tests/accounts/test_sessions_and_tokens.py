@@ -140,3 +140,17 @@ def test_password_is_not_an_api_token(accounts: Accounts) -> None:
     make_user(accounts)
     with pytest.raises(InvalidTokenError):
         accounts.authenticate_api_token(PASSWORD, "things:read")
+
+
+def test_csrf_token_is_bound_to_the_session_and_changes_with_its_id(accounts: Accounts, inbox) -> None:
+    make_user(accounts)
+    make_user(accounts, "bob@example.com")
+    alice = signed_in(accounts, inbox).session_token or ""
+    bob = signed_in(accounts, inbox, "bob@example.com").session_token or ""
+    token = accounts.csrf_token(alice)
+    assert accounts.check_csrf(alice, token)
+    assert not accounts.check_csrf(alice, accounts.csrf_token(bob))  # another session's token
+    assert not accounts.check_csrf(alice, None) and not accounts.check_csrf(alice, "")
+    assert not accounts.check_csrf(alice, token[:-1] + ("0" if token[-1] != "0" else "1"))
+    rotated = accounts.rotate_session(alice) or ""
+    assert not accounts.check_csrf(rotated, token)

@@ -23,11 +23,16 @@ _LABEL = b"thingward accounts: TOTP key sealing v1"
 _VERSION = b"\x01"
 
 
-def sealing_key(session: Session) -> bytes:
+def derived_key(session: Session, label: bytes) -> bytes:
+    """A key for one purpose (`label`), derived from the data dir's key; never the data dir's key itself."""
     root = session.info.get("audit_key")
     if not root:
         raise ConfigError("no data dir key: open the data dir through thingward.platform.Platform")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(bytes(root))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(bytes(root))
+
+
+def sealing_key(session: Session) -> bytes:
+    return derived_key(session, _LABEL)
 
 
 def seal(key: bytes, user_id: int, secret: str) -> bytes:

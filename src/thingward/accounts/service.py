@@ -67,6 +67,7 @@ SIGNIN_CODE_DIGITS = 8
 MAX_CODE_ATTEMPTS = 5
 # A session's last-seen time is written at most this often (one write per request is wasted work).
 _TOUCH_EVERY = dt.timedelta(seconds=30)
+_CSRF_LABEL = b"thingward accounts: CSRF tokens v1"
 API_TOKEN_PREFIX = "twk_"  # noqa: S105 - a prefix that marks our tokens in logs and scanners
 SCOPES: dict[str, str] = {
     "things:read": "list and read the things shared with you, and their messages",
@@ -1130,6 +1131,19 @@ class Accounts:
         with self.db.session() as session:
             row = self._live_session(session, token, self.clock())
             return self._rotate(session, token, row.user_id) if row else None
+
+    def csrf_token(self, session_token: str) -> str:
+        """The anti-CSRF token of a session, for forms and the X-CSRF-Token header: an HMAC of the session
+        id under a key derived from the data dir's key, so it needs no storage, changes whenever the
+        session id does, and cannot be computed without the session cookie (which pages never see)."""
+        with self.db.read() as session:
+            key = sealing.derived_key(session, _CSRF_LABEL)
+        return hmac.new(key, session_token.encode(), hashlib.sha256).hexdigest()
+
+    def check_csrf(self, session_token: str, presented: str | None) -> bool:
+        if not session_token or not presented:
+            return False
+        return hmac.compare_digest(self.csrf_token(session_token), presented)
 
     def logout(self, token: str) -> bool:
         with self.db.session() as session:
