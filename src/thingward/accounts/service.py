@@ -869,11 +869,16 @@ class Accounts:
             failures = throttle.charge(session, account, throttle.ACCOUNT_RULE, now)
             throttle.charge(session, here, throttle.ADDRESS_RULE, now)
         # 2. The password (against a dummy hash when there is no such account: the same time).
+        # The hash is checked outside any write transaction: on SQLite that lock is one for the whole
+        # database, and argon2id's tens of milliseconds under it would make every sign-in wait in line.
+        with self.db.read() as session:
+            stored = session.execute(select(User.password_hash).where(User.email == address)).scalar_one_or_none()
+        password_ok = self.hasher.verify(stored or self.hasher.dummy_hash, password) and stored is not None
         notices = _Notices()
         with self.db.session() as session:
             user = session.execute(select(User).where(User.email == address)).scalar_one_or_none()
-            stored = user.password_hash if user is not None else self.hasher.dummy_hash
-            password_ok = self.hasher.verify(stored, password) and user is not None
+            # A password changed meanwhile: what was checked is no longer the account's password.
+            password_ok = password_ok and user is not None and user.password_hash == stored
             if not password_ok or user is None or user.disabled:
                 reason = "unknown_user" if user is None else ("disabled" if user.disabled else "bad_password")
                 result = self._failed(session, user, address, account, failures, ip, user_agent, reason, now, notices)
