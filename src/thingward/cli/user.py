@@ -55,7 +55,8 @@ def add(
     def human() -> None:
         console.print(f"created {'admin ' if admin else ''}[bold]{info.email}[/bold]")
         if generated:
-            console.print(f"password (shown once, to be changed at first sign-in): [bold]{generated}[/bold]")
+            console.print("password (shown once; to be changed at the first sign-in):")
+            console.print(f"  [bold]{generated}[/bold]", soft_wrap=True)
         if admin:
             console.print("2FA is required for admins: they set it up at their first sign-in.")
 
@@ -167,7 +168,8 @@ def reset_password(email: str, data_dir: DataDir = None, as_json: JsonFlag = Fal
     password = _accounts(open_platform(data_dir)).admin_reset_password(cli_actor(), email)
 
     def human() -> None:
-        console.print(f"new password for [bold]{email}[/bold] (shown once, to be changed): [bold]{password}[/bold]")
+        console.print(f"new password for [bold]{email}[/bold] (shown once; to be changed at the next sign-in):")
+        console.print(f"  [bold]{password}[/bold]", soft_wrap=True)
 
     emit(as_json, {"email": email, "password": password}, human)
 
