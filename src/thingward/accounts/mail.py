@@ -13,6 +13,7 @@ import queue
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
@@ -98,7 +99,7 @@ class QueuedMailer:
 
     def __init__(self, inner: Mailer, max_queued: int = 1000) -> None:
         self.inner = inner
-        self._queue: queue.Queue[Mail | None] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[Mail | Callable[[], None] | None] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._run, name="thingward-mailer", daemon=True)
         self._thread.start()
 
@@ -108,15 +109,25 @@ class QueuedMailer:
         except queue.Full:
             logger.error("mail queue full: mail to %s dropped (%s)", mail.to, mail.subject)
 
+    def run_later(self, job: Callable[[], None]) -> None:
+        """Run `job` on the worker (work that decides whether to mail, kept off the request's clock)."""
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            logger.error("mail queue full: a mail job was dropped")
+
     def _run(self) -> None:
         while True:
-            mail = self._queue.get()
+            item = self._queue.get()
             try:
-                if mail is None:
+                if item is None:
                     return
-                self.inner.send(mail)
+                if isinstance(item, Mail):
+                    self.inner.send(item)
+                else:
+                    item()
             except Exception as e:  # one bad mail must not stop the others
-                logger.error("mail to %s not sent: %s", mail.to if mail else "?", e)
+                logger.error("mail %s not sent: %s", f"to {item.to}" if isinstance(item, Mail) else "job", e)
             finally:
                 self._queue.task_done()
 

@@ -546,32 +546,36 @@ class Accounts:
         return self._end_sessions(session, user.id, keep=keep_session_token)
 
     def request_password_reset(self, email: str, ip: str = "") -> None:
-        """Mail a reset link if the account exists. Same result and the same work either way: nothing
-        tells the caller whether the email is known (use a `QueuedMailer` so sending takes no time here)."""
-        token = secrets.token_urlsafe(32)
+        """Mail a reset link if the account exists. The request does the same work either way (address,
+        throttle, one audit event); looking the account up, making the token and mailing it happen after,
+        on the mailer's worker when the mailer has one (`QueuedMailer.run_later`), so neither the answer
+        nor its timing tells whether the email is known."""
         now = self.clock()
         try:
             address = normalize_email(email)
         except InvalidInputError:
             return
-        notices = _Notices()
+        anonymous = Actor("anonymous", f"ip:{ip}")
         with self.db.session() as session:
             throttle.hold(session, [throttle.address_key(ip)], now)
             verdict = throttle.peek(session, throttle.address_key(ip), now)
-            user = session.execute(select(User).where(User.email == address)).scalar_one_or_none()
             # Reset requests cost an address a little, so mailing many accounts from one place slows down.
             throttle.charge(session, throttle.address_key(ip), throttle.ADDRESS_RULE, now)
             if not verdict.allowed:
-                record_event(session, Actor("anonymous", f"ip:{ip}"), "user.reset_throttled", "password_reset")
+                record_event(session, anonymous, "user.reset_throttled", "password_reset", {"email": address})
                 return
+            record_event(session, anonymous, "user.reset_request", "password_reset", {"email": address})
+        run_later: Callable[[Callable[[], None]], None] | None = getattr(self.mailer, "run_later", None)
+        if run_later is not None:
+            run_later(lambda: self._mail_reset_link(address, ip, now))
+        else:
+            self._mail_reset_link(address, ip, now)
+
+    def _mail_reset_link(self, address: str, ip: str, now: dt.datetime) -> None:
+        token = secrets.token_urlsafe(32)
+        with self.db.session() as session:
+            user = session.execute(select(User).where(User.email == address)).scalar_one_or_none()
             if user is None or user.disabled:
-                record_event(
-                    session,
-                    Actor("anonymous", f"ip:{ip}"),
-                    "user.reset_request",
-                    "password_reset",
-                    {"email": address, "known": False},
-                )
                 return
             session.add(
                 OneTimeToken(
@@ -584,21 +588,19 @@ class Accounts:
                     attempts=0,
                 )
             )
-            record_event(
-                session, Actor("anonymous", f"ip:{ip}"), "user.reset_request", f"user:{user.email}", {"known": True}
-            )
-            minutes = self.settings.reset_token_ttl_seconds // 60
-            notices.mails.append(
-                Mail(
-                    to=user.email,
-                    subject=f"Reset your {self.settings.product_name} password",
-                    body=f"Someone (from {ip or 'an unknown address'}) asked to reset your password.\n"
-                    f"If it was you, open this link within {minutes} minutes; it works once:\n"
-                    f"{self.settings.public_url}/reset?token={token}\n\n"
-                    "If it was not you, ignore this mail: your password stays as it is.\n",
-                )
-            )
-        self._flush(notices)
+            record_event(session, Actor("anonymous", f"ip:{ip}"), "user.reset_link_mailed", f"user:{user.email}")
+        minutes = self.settings.reset_token_ttl_seconds // 60
+        self._send(
+            Mail(
+                to=address,
+                subject=f"Reset your {self.settings.product_name} password",
+                body=f"Someone (from {ip or 'an unknown address'}) asked to reset your password.\n"
+                f"If it was you, open this link within {minutes} minutes; it works once:\n"
+                f"{self.settings.public_url}/reset?token={token}\n\n"
+                "If it was not you, ignore this mail: your password stays as it is.\n",
+            ),
+            required=False,
+        )
 
     @_records_refusals
     def reset_password(self, token: str, new_password: str, ip: str = "") -> UserInfo:
