@@ -82,6 +82,56 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class AccountsSettings:
+    # "invite": only people with an invitation may sign up; "open": anyone may.
+    signup: str = "invite"
+    # The product's name: a password built around it is refused, and mails and TOTP apps show it.
+    product_name: str = "thingward"
+    password_min_length: int = 12
+    # NIST SP 800-63B asks for at least 64; the cap only bounds the work of hashing a hostile input.
+    password_max_length: int = 256
+    # zxcvbn's score (0-4) a password must reach.
+    password_min_strength: int = 3
+    # Composition rules, off by default (NIST advises against them; some teams must have them).
+    password_require_upper: bool = False
+    password_require_lower: bool = False
+    password_require_digit: bool = False
+    password_require_symbol: bool = False
+    # argon2id costs (OWASP's first choice: 19 MiB, 2 passes, 1 lane); a stored hash made with other
+    # costs is rehashed at the next sign-in. bench/accounts.py prints what they cost on this machine.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19456
+    argon2_parallelism: int = 1
+    require_2fa_admins: bool = True
+    require_2fa_everyone: bool = False
+    session_idle_seconds: int = 1800
+    session_lifetime_seconds: int = 43200
+    # Failed sign-ins for one account before it is locked, and for how long.
+    lockout_failures: int = 10
+    lockout_seconds: int = 900
+    reset_token_ttl_seconds: int = 3600
+    signin_code_ttl_seconds: int = 600
+    invite_ttl_seconds: int = 604800
+    api_token_max_days: int = 365
+    # The address the app is reached at, for links in mails.
+    public_url: str = "https://127.0.0.1:8443"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    # Empty: no mail server; what needs a mail (reset, sign-in codes) is refused with a message that says so.
+    host: str = ""
+    port: int = 587
+    # "starttls" (default), "tls" (implicit TLS, port 465), or "none" (only for a relay on this host).
+    security: str = "starttls"
+    username: str = ""
+    # The name of an environment variable holding the password; the password itself never sits in the file.
+    password_env: str = ""
+    from_address: str = "thingward@localhost"
+    timeout_seconds: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -90,6 +140,8 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    accounts: AccountsSettings = field(default_factory=AccountsSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -112,6 +164,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSettings,
     "database": DatabaseSettings,
     "audit": AuditSettings,
+    "accounts": AccountsSettings,
+    "smtp": SmtpSettings,
 }
 
 
@@ -215,4 +269,38 @@ onboarding_max_minutes = 15
 
 [database]
 # url = "postgresql+psycopg://thingward@localhost/thingward"   # default: SQLite in the data dir
+
+[accounts]
+signup = "invite"                 # or "open"
+product_name = "thingward"
+password_min_length = 12
+password_max_length = 256
+password_min_strength = 3         # zxcvbn score 0-4
+password_require_upper = false    # composition rules: off by default
+password_require_lower = false
+password_require_digit = false
+password_require_symbol = false
+argon2_time_cost = 2               # argon2id costs; stored hashes are rehashed at sign-in when they change
+argon2_memory_kib = 19456
+argon2_parallelism = 1
+require_2fa_admins = true
+require_2fa_everyone = false
+session_idle_seconds = 1800
+session_lifetime_seconds = 43200
+lockout_failures = 10
+lockout_seconds = 900
+reset_token_ttl_seconds = 3600
+signin_code_ttl_seconds = 600
+invite_ttl_seconds = 604800
+api_token_max_days = 365
+public_url = "https://127.0.0.1:8443"
+
+[smtp]
+# host = "smtp.example.com"       # no mail server by default: password reset and sign-in codes need one
+port = 587
+security = "starttls"             # starttls, tls, or none (a relay on this host only)
+username = ""
+password_env = ""                 # the name of an environment variable holding the SMTP password
+from_address = "thingward@localhost"
+timeout_seconds = 10
 """
