@@ -136,3 +136,43 @@ def test_a_live_session_on_a_revoked_serial_is_critical() -> None:
         "REVOKED_BUT_CONNECTED", snapshot(certificates=certificates, sessions=current, live_things=frozenset({"cam1"}))
     )
     assert r.status == "pass"
+
+
+def test_users_without_2fa_admins_high_users_low_unless_required() -> None:
+    from thingward.audit.model import AccountPolicyFacts, UserFacts
+
+    users = (
+        UserFacts("root@example.test", True, False),
+        UserFacts("ann@example.test", False, False),
+        UserFacts("bob@example.test", False, True),
+    )
+    assert messages("USERS_WITHOUT_2FA", users=users) == [
+        "user:root@example.test high an admin signs in without a second factor",
+        "user:ann@example.test low signs in without a second factor (allowed by the settings)",
+    ]
+    strict = AccountPolicyFacts(require_2fa_everyone=True)
+    assert "medium" in messages("USERS_WITHOUT_2FA", users=users, account_policy=strict)[1]
+    assert result("USERS_WITHOUT_2FA", snapshot(users=users[2:])).status == "pass"
+    assert result("USERS_WITHOUT_2FA", snapshot(users=())).status == "not_applicable"
+
+
+def test_a_password_policy_below_the_baseline_is_flagged() -> None:
+    from thingward.audit.model import AccountPolicyFacts
+
+    assert result("PASSWORD_POLICY_WEAK", snapshot()).status == "pass"
+    weak = AccountPolicyFacts(password_min_length=6, password_max_length=32, require_2fa_admins=False)
+    assert messages("PASSWORD_POLICY_WEAK", account_policy=weak) == [
+        "config:accounts high minimum length 6: under NIST's 8",
+        "config:accounts medium passwords capped at 32: NIST asks to allow 64",
+        "config:accounts high admins may sign in without a second factor",
+    ]
+
+
+def test_a_common_password_in_the_settings_is_critical() -> None:
+    assert messages("CONFIG_DEFAULT_PASSWORD", config_passwords={"database.url": "admin123"}) == [
+        "config:database.url critical the password is a known default or common password"
+    ]
+    assert messages("CONFIG_DEFAULT_PASSWORD", config_passwords={"database.url": "vT9#qLm2!xWz8rPk"}) == [
+        "config:database.url medium a password sits in the settings in clear; pass it from outside"
+    ]
+    assert result("CONFIG_DEFAULT_PASSWORD", snapshot()).status == "pass"

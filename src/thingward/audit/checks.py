@@ -13,6 +13,7 @@ from collections.abc import Callable
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from thingward.accounts.passwords import is_common
 from thingward.audit.model import AdvisoryFacts, AuditSnapshot, CheckInfo, CheckResult, Finding, Severity
 from thingward.policy.lint import lint_world
 
@@ -129,7 +130,7 @@ USERS_WITHOUT_2FA = CheckInfo(
     title="A user or admin has no second factor",
     severity="high",
     part="app",
-    remediation="Require TOTP for every admin.",
+    remediation="Have each listed user turn on TOTP; keep [accounts] require_2fa_admins = true.",
     references={
         ETSI: "5.1 No universal default passwords",
         OWASP: "I1 Weak, Guessable, or Hardcoded Passwords",
@@ -176,6 +177,31 @@ SHARED_IDENTITY = CheckInfo(
     references={
         ETSI: "5.4 Securely store sensitive security parameters",
         OWASP: "I8 Lack of Device Management",
+    },
+)
+
+PASSWORD_POLICY_WEAK = CheckInfo(
+    id="PASSWORD_POLICY_WEAK",
+    title="The password and sign-in policy is below the baseline",
+    severity="medium",
+    part="app",
+    remediation="Restore the [accounts] defaults: 12+ characters, 64+ allowed, strength 3, 2FA for admins.",
+    references={
+        ETSI: "5.1 No universal default passwords",
+        OWASP: "I1 Weak, Guessable, or Hardcoded Passwords",
+        PSTI: "1 Passwords",
+    },
+)
+CONFIG_DEFAULT_PASSWORD = CheckInfo(
+    id="CONFIG_DEFAULT_PASSWORD",
+    title="A password written in the settings is a known default or common password",
+    severity="critical",
+    part="cloud",
+    remediation="Change that password at its service, and pass it outside the settings (e.g. PGPASSWORD).",
+    references={
+        ETSI: "5.1 No universal default passwords",
+        OWASP: "I1 Weak, Guessable, or Hardcoded Passwords",
+        PSTI: "1 Passwords",
     },
 )
 
@@ -431,11 +457,61 @@ def audit_log_tampered(snapshot: AuditSnapshot) -> CheckResult:
     return _result(AUDIT_LOG_TAMPERED, findings)
 
 
-def _not_yet(info: CheckInfo, why: str) -> Check:
-    def check(_snapshot: AuditSnapshot) -> CheckResult:
-        return CheckResult(info, "not_applicable", note=why)
+def users_without_2fa(snapshot: AuditSnapshot) -> CheckResult:
+    if not snapshot.users:
+        return CheckResult(USERS_WITHOUT_2FA, "not_applicable", note="there are no user accounts yet")
+    everyone = snapshot.account_policy.require_2fa_everyone
+    findings = []
+    for user in snapshot.users:
+        if user.has_2fa:
+            continue
+        if user.is_admin:
+            findings.append(Finding(f"user:{user.email}", "an admin signs in without a second factor", "high"))
+        else:
+            why = "although [accounts] requires it for everyone" if everyone else "(allowed by the settings)"
+            findings.append(
+                Finding(
+                    f"user:{user.email}", f"signs in without a second factor {why}", "medium" if everyone else "low"
+                )
+            )
+    return _result(USERS_WITHOUT_2FA, findings)
 
-    return check
+
+def password_policy_weak(snapshot: AuditSnapshot) -> CheckResult:
+    policy = snapshot.account_policy
+    resource = "config:accounts"
+    findings = []
+    if policy.password_min_length < 8:
+        findings.append(Finding(resource, f"minimum length {policy.password_min_length}: under NIST's 8", "high"))
+    elif policy.password_min_length < 12:
+        findings.append(Finding(resource, f"minimum length {policy.password_min_length}: under 12", "medium"))
+    if policy.password_max_length < 64:
+        findings.append(
+            Finding(resource, f"passwords capped at {policy.password_max_length}: NIST asks to allow 64", "medium")
+        )
+    if policy.password_min_strength < 3:
+        findings.append(
+            Finding(resource, f"zxcvbn strength {policy.password_min_strength} accepted (baseline 3)", "medium")
+        )
+    if not policy.require_2fa_admins:
+        findings.append(Finding(resource, "admins may sign in without a second factor", "high"))
+    if policy.lockout_failures > 100:
+        findings.append(Finding(resource, f"an account locks only after {policy.lockout_failures} failures", "medium"))
+    return _result(PASSWORD_POLICY_WEAK, findings)
+
+
+def config_default_password(snapshot: AuditSnapshot) -> CheckResult:
+    findings = [
+        Finding(f"config:{where}", "the password is a known default or common password", "critical")
+        for where, password in sorted(snapshot.config_passwords.items())
+        if is_common(password)
+    ]
+    findings.extend(
+        Finding(f"config:{where}", "a password sits in the settings in clear; pass it from outside", "medium")
+        for where, password in sorted(snapshot.config_passwords.items())
+        if not is_common(password)
+    )
+    return _result(CONFIG_DEFAULT_PASSWORD, findings)
 
 
 SINGLE_CHECKS: tuple[Check, ...] = (
@@ -448,7 +524,9 @@ SINGLE_CHECKS: tuple[Check, ...] = (
     plaintext_listener,
     ca_key_unencrypted,
     audit_log_tampered,
-    _not_yet(USERS_WITHOUT_2FA, "this platform has no user accounts yet"),
+    users_without_2fa,
+    password_policy_weak,
+    config_default_password,
     firmware_advisories,
     device_open_ports,
     onboarding_window_open,

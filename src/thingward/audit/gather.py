@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from thingward.audit.model import (
+    AccountPolicyFacts,
     AdvisoryFacts,
     AuditSnapshot,
     CertificateFacts,
@@ -14,13 +17,14 @@ from thingward.audit.model import (
     ModelFacts,
     ReportFacts,
     Severity,
+    UserFacts,
 )
 from thingward.live import LIVE_STATE_FILE, LiveState, read_live_state
 from thingward.pki.ca import CA_KEY_FILE
 from thingward.platform import Platform
 from thingward.registry.audit_log import verify_audit_chain
 from thingward.registry.device_state import latest_reports, list_advisories, list_models
-from thingward.registry.models import Certificate, Thing
+from thingward.registry.models import Certificate, Thing, User
 from thingward.registry.policies import load_policy_world
 
 
@@ -35,6 +39,7 @@ def gather_snapshot(
 ) -> AuditSnapshot:
     """Read everything the checks need. Live sessions come from `live`, else from a running server's file."""
     settings = platform.settings
+    accounts = settings.accounts
     if live is None:
         live = read_live_state(settings.data_dir / LIVE_STATE_FILE)
     if live is not None and live_things is None:
@@ -57,6 +62,12 @@ def gather_snapshot(
             )
         )
         chain_intact = verify_audit_chain(session) is None
+        users = tuple(
+            UserFacts(email=email, is_admin=is_admin, has_2fa=totp_enabled_at is not None)
+            for email, is_admin, totp_enabled_at in session.connection().execute(
+                select(User.email, User.is_admin, User.totp_enabled_at).where(User.disabled.is_(False))
+            )
+        )
         reports = tuple(
             ReportFacts(
                 thing=r.thing,
@@ -98,7 +109,28 @@ def gather_snapshot(
         sessions=live.sessions if live is not None else None,
         takeovers=live.takeovers if live is not None else (),
         onboarding_max_minutes=onboarding_max_minutes,
+        users=users,
+        account_policy=AccountPolicyFacts(
+            password_min_length=accounts.password_min_length,
+            password_max_length=accounts.password_max_length,
+            password_min_strength=accounts.password_min_strength,
+            require_2fa_admins=accounts.require_2fa_admins,
+            require_2fa_everyone=accounts.require_2fa_everyone,
+            lockout_failures=accounts.lockout_failures,
+        ),
+        config_passwords=_config_passwords(settings.database.url),
     )
+
+
+def _config_passwords(database_url: str) -> dict[str, str]:
+    """Passwords written into the settings themselves (today only a database URL can carry one)."""
+    if not database_url:
+        return {}
+    try:
+        password = make_url(database_url).password
+    except ArgumentError:
+        return {}
+    return {"database.url": str(password)} if password else {}
 
 
 def _severity(value: str) -> Severity:

@@ -118,6 +118,25 @@ class AdvisoryFacts:
 
 
 @dataclass(frozen=True)
+class UserFacts:
+    email: str
+    is_admin: bool
+    has_2fa: bool
+
+
+@dataclass(frozen=True)
+class AccountPolicyFacts:
+    """The [accounts] settings the audit judges against the baseline (NIST SP 800-63B, ETSI 5.1)."""
+
+    password_min_length: int = 12
+    password_max_length: int = 256
+    password_min_strength: int = 3
+    require_2fa_admins: bool = True
+    require_2fa_everyone: bool = False
+    lockout_failures: int = 10
+
+
+@dataclass(frozen=True)
 class AuditSnapshot:
     """Everything the checks look at, gathered at the edge (see `thingward.audit.gather`)."""
 
@@ -138,6 +157,9 @@ class AuditSnapshot:
     sessions: tuple[SessionFacts, ...] | None = None  # None: no running server was asked
     takeovers: tuple[TakeoverFacts, ...] = ()
     onboarding_max_minutes: int = 15
+    users: tuple[UserFacts, ...] | None = None  # None: the registry has no user accounts table
+    account_policy: AccountPolicyFacts = field(default_factory=AccountPolicyFacts)
+    config_passwords: Mapping[str, str] = field(default_factory=dict)  # where -> the password found there
 
 
 FINDING_ID_LENGTH = 10
