@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner, Key, Signer
 from tuf.api.metadata import Metadata, Root, TargetFile
 
 from thingward.device.update import FirmwareUpdater, UpdateRefusedError
 from thingward.ota import firmware
-from thingward.ota.keys import create_key_set
+from thingward.ota.keys import create_key_set, load_root_signers
 from thingward.ota.repository import OtaRepository
 from thingward.registry.audit_log import Actor
 
@@ -213,6 +213,7 @@ def test_client_follows_a_root_rotation_and_then_trusts_only_the_new_keys(
     repo.rotate_root(ota_keys, new_keys)
     data, _ = _publish(api, repo, tmp_path, "1.1.0")
     assert device.update().status == "installed"
+    assert device.slots.slot_file("b").read_bytes() == data
     trusted = Metadata[Root].from_file(str(device.device_dir / "tuf" / "root.json")).signed
     assert trusted.version == 2 and trusted.roles["root"].threshold == 2
     assert device.boot(_healthy).status == "confirmed"
@@ -221,8 +222,6 @@ def test_client_follows_a_root_rotation_and_then_trusts_only_the_new_keys(
     timestamp.signed.version += 1
     timestamp.signatures.clear()
     old = old_signers["timestamp"]
-    from securesystemslib.signer import Key, Signer
-
     timestamp.sign(Signer.from_priv_key_uri(old["uri"], Key.from_dict(old["keyid"], dict(old["key"]))))
     timestamp.to_file(str(repo.metadata_dir / "timestamp.json"))
     with pytest.raises(UpdateRefusedError, match="UnsignedMetadataError"):
@@ -234,8 +233,6 @@ def test_new_root_signed_only_by_the_new_keys_refused(api, repo, tmp_path: Path)
     device = _device(api, repo, tmp_path)
     new_keys = tmp_path / "new-keys"
     create_key_set(new_keys)
-    from thingward.ota.keys import load_root_signers
-
     forged = repo.root()
     forged.signed.version = 2
     for keyid in list(forged.signed.roles["root"].keyids):
