@@ -134,3 +134,24 @@ def test_cli_ceremony_publish_and_list(platform, tmp_path: Path) -> None:
     assert again.exit_code == 1 and "not newer" in again.stderr
     listed = runner.invoke(app, ["ota", "list", *data])
     assert [(i["model"], i["version"]) for i in json.loads(listed.stdout)["images"]] == [("cam", "1.0.0")]
+
+
+def test_cli_root_rotation_is_recorded(platform, repo, ota_keys: Path, tmp_path: Path) -> None:
+    data = ["--data-dir", str(platform.settings.data_dir), "--json"]
+    new = tmp_path / "new-keys"
+    assert (
+        runner.invoke(app, ["ota", "keys", "init", "--out", str(new), "--root-keys", "1", "--threshold", "1"]).exit_code
+        == 0
+    )
+    wrong = runner.invoke(app, ["ota", "root", "rotate", "--old-keys", str(new), "--new-keys", str(new), *data])
+    assert wrong.exit_code == 1 and "rotating needs 2" in wrong.stderr
+    done = runner.invoke(app, ["ota", "root", "rotate", "--old-keys", str(ota_keys), "--new-keys", str(new), *data])
+    assert done.exit_code == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["root_version"] == 2 and out["root_threshold"] == 1 and len(out["root_keys"]) == 1
+    with platform.db.read() as session:
+        events = [e for e in list_events(session) if e.action == "ota.root.rotate"]
+    assert len(events) == 1
+    refreshed = runner.invoke(app, ["ota", "refresh", "--force", *data])
+    assert json.loads(refreshed.stdout)["re_signed"] == ["targets", "snapshot", "timestamp"]
+    repo.root().verify_delegate("timestamp", repo.timestamp())

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.errors import InvalidInputError
-from thingward.ota import firmware
+from thingward.ota import firmware, trust
 from thingward.ota.keys import create_key_set
 from thingward.ota.repository import OtaRepository
 from thingward.platform import cli_actor
@@ -81,9 +81,10 @@ def init_repository(
 ) -> None:
     """Create the data dir's TUF repository: root.json signed by the root threshold; online keys installed."""
     platform = open_platform(data_dir)
-    repo = OtaRepository.initialise(
-        OtaRepository.for_data_dir(platform.settings.data_dir).path, keys, _passphrase(passphrase_env)
-    )
+    with platform.db.session() as session:
+        repo = trust.initialise_repository(
+            session, cli_actor(), platform.settings.data_dir, keys, _passphrase(passphrase_env)
+        )
     root = repo.root()
     emit(
         as_json,
@@ -107,8 +108,18 @@ def rotate_root(
     as_json: JsonFlag = False,
 ) -> None:
     """Sign a new root with a threshold of the old and of the new root keys; the new online keys take over."""
-    repo = _repository(data_dir)
-    root = repo.rotate_root(old_keys, new_keys, _passphrase(old_passphrase_env), _passphrase(new_passphrase_env))
+    platform = open_platform(data_dir)
+    repo = OtaRepository.for_data_dir(platform.settings.data_dir)
+    with platform.db.session() as session:
+        root = trust.rotate_root(
+            session,
+            cli_actor(),
+            repo,
+            old_keys,
+            new_keys,
+            _passphrase(old_passphrase_env),
+            _passphrase(new_passphrase_env),
+        )
     emit(
         as_json,
         {
