@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,11 +71,16 @@ class UpdateConfig:
     timeout_seconds: float = 30.0
 
 
-class HttpsFetcher(FetcherInterface):
-    """ngclient's network edge: httpx over TLS 1.2+, trusting only the platform CA."""
+class HttpFetcher(FetcherInterface):
+    """ngclient's network edge: httpx over TLS 1.2+ trusting only the platform CA.
 
-    def __init__(self, ca_certificate: Path, timeout: float = 30.0) -> None:
-        self.client = httpx.Client(verify=server_context(ca_certificate), timeout=timeout)
+    With no CA given (the conformance client), the system trust store, or plain http where the URL says so:
+    TUF verifies every byte either way; TLS only hides what is fetched.
+    """
+
+    def __init__(self, ca_certificate: Path | None, timeout: float = 30.0) -> None:
+        verify: ssl.SSLContext | bool = server_context(ca_certificate) if ca_certificate else True
+        self.client = httpx.Client(verify=verify, timeout=timeout)
 
     def close(self) -> None:
         self.client.close()
@@ -223,8 +229,8 @@ class FirmwareUpdater:
         return version
 
     @contextlib.contextmanager
-    def _tuf(self) -> Iterator[tuple[Updater, HttpsFetcher]]:
-        fetcher = HttpsFetcher(self.ca_certificate, self.config.timeout_seconds)
+    def _tuf(self) -> Iterator[tuple[Updater, HttpFetcher]]:
+        fetcher = HttpFetcher(self.ca_certificate, self.config.timeout_seconds)
         try:
             updater = Updater(
                 metadata_dir=str(self.device_dir / METADATA_DIR),
@@ -309,7 +315,7 @@ class FirmwareUpdater:
             raise UpdateRefusedError(f"target {info.path} is {info.length} bytes, over {self.config.max_image_bytes}")
         return offered
 
-    def _download(self, fetcher: HttpsFetcher, info: TargetFile) -> tuple[Path, int]:
+    def _download(self, fetcher: HttpFetcher, info: TargetFile) -> tuple[Path, int]:
         """Fetch the image to a partial file, resuming one left by an earlier try; verify it whole."""
         sha256 = info.hashes.get("sha256")
         if not sha256:
