@@ -21,3 +21,8 @@ def ota_keys(tmp_path: Path) -> Path:
 @pytest.fixture
 def repo(platform: Platform, ota_keys: Path) -> OtaRepository:
     return OtaRepository.initialise(OtaRepository.for_data_dir(platform.settings.data_dir).path, ota_keys)
+
+
+from lab.softhsm import SoftHsmToken, softhsm_token  # noqa: E402
+
+__all__ = ["SoftHsmToken", "softhsm_token"]

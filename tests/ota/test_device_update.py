@@ -65,6 +65,7 @@ def test_happy_path_install_boot_once_confirm(api, repo, tmp_path: Path) -> None
     assert (outcome.status, outcome.version, outcome.downloaded_bytes) == ("installed", "1.1.0", len(data))
     state = device.slots.load()
     assert state.trial == "b" and device.running_version == "1.0.0"
+    assert device.update().status == "awaiting_reboot"
     assert device.slots.slot_file("b").read_bytes() == data
     booted = device.boot(_healthy)
     assert booted.status == "confirmed" and device.running_version == "1.1.0"

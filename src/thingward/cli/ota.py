@@ -12,7 +12,7 @@ from rich.table import Table
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.errors import InvalidInputError
 from thingward.ota import firmware, trust
-from thingward.ota.keys import create_key_set
+from thingward.ota.keys import Pkcs11Key, create_key_set
 from thingward.ota.repository import OtaRepository
 from thingward.platform import cli_actor
 from thingward.registry import device_state
@@ -43,6 +43,15 @@ def _passphrase(env_name: str) -> bytes | None:
     return value.encode()
 
 
+def _pkcs11_key(spec: str, module: str, token: str) -> Pkcs11Key:
+    role, _, key_id = spec.partition(":")
+    if not key_id.isdigit() or not module or not token:
+        raise InvalidInputError(
+            f"--pkcs11 {spec!r}: give ROLE:KEY_ID (e.g. timestamp:2) with --pkcs11-module and --pkcs11-token"
+        )
+    return Pkcs11Key(role, module, token, int(key_id))
+
+
 def _repository(data_dir: Path | None) -> OtaRepository:
     platform = open_platform(data_dir)
     return OtaRepository.for_data_dir(platform.settings.data_dir)
@@ -55,10 +64,21 @@ def keys_init(
     root_keys: Annotated[int, typer.Option("--root-keys", help="How many root keys to make.")] = 3,
     threshold: Annotated[int, typer.Option("--threshold", help="How many root keys must sign a root.")] = 2,
     passphrase_env: PassphraseEnv = "",
+    pkcs11: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pkcs11",
+            help="ROLE:KEY_ID: use the EC P-256 key with this CKA_ID in the token for an online role "
+            "(repeatable; PIN from $THINGWARD_OTA_PKCS11_PIN).",
+        ),
+    ] = None,
+    pkcs11_module: Annotated[str, typer.Option(help="The PKCS#11 module (.so) for --pkcs11.")] = "",
+    pkcs11_token: Annotated[str, typer.Option(help="The token label for --pkcs11.")] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Make the root keys (keep OUT/root offline) and the online targets/snapshot/timestamp keys (OUT/online)."""
-    key_set = create_key_set(out, root_keys, threshold, _passphrase(passphrase_env))
+    token_keys = tuple(_pkcs11_key(spec, pkcs11_module, pkcs11_token) for spec in pkcs11 or ())
+    key_set = create_key_set(out, root_keys, threshold, _passphrase(passphrase_env), token_keys)
     emit(
         as_json,
         {

@@ -157,7 +157,7 @@ class ABSlots:
 
 @dataclass(frozen=True)
 class UpdateOutcome:
-    status: Literal["up_to_date", "installed"]
+    status: Literal["up_to_date", "installed", "awaiting_reboot"]
     version: str
     target: str = ""
     downloaded_bytes: int = 0
@@ -272,6 +272,10 @@ class FirmwareUpdater:
         Nothing newer: `up_to_date`. Older than what runs, for another model, or failing any check: refused.
         """
         running = Version(self.running_version)
+        waiting = self.slots.load()
+        if waiting.trial is not None:
+            # One new image at a time: the installed one boots (and confirms or rolls back) first.
+            return UpdateOutcome("awaiting_reboot", str(waiting.versions[waiting.trial]))
         with self._tuf() as (updater, fetcher):
             updater.refresh()
             if version is not None:

@@ -5,6 +5,7 @@
     DIR/keys.json             public: every key and the root threshold (safe to copy anywhere)
     DIR/root/root-N.pem       offline root keys, 0600, encrypted when a passphrase is given
     DIR/online/ROLE.pem       online keys for targets, snapshot and timestamp, 0600
+    DIR/online/ROLE.json      instead of ROLE.pem for a role whose key is in a PKCS#11 token (URI, module)
 
 `DIR/online` goes to the server (`thingward ota init` copies it into the data dir); `DIR/root` goes offline
 and comes back only to sign a new root. Signing goes through securesystemslib signers, so an online key
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+from securesystemslib.signer import CryptoSigner, HSMSigner, Key, Signer, SSlibKey
 
 from thingward.errors import InvalidInputError, OtaError
 from thingward.pki.files import write_atomic, write_secret
@@ -30,6 +31,35 @@ ROOT_DIR = "root"
 ONLINE_DIR = "online"
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 MAX_ROOT_KEYS = 16
+PKCS11_PIN_ENV = "THINGWARD_OTA_PKCS11_PIN"
+
+
+@dataclass(frozen=True)
+class Pkcs11Key:
+    """An online role's key kept in a PKCS#11 token: an EC P-256 key pair made there (e.g. with pkcs11-tool)."""
+
+    role: str
+    module: str
+    token_label: str
+    key_id: int  # the key pair's CKA_ID as an integer (pkcs11-tool --id 02 -> 2)
+
+
+def _pkcs11_pin(_what: str) -> str:
+    pin = os.environ.get(PKCS11_PIN_ENV)
+    if not pin:
+        raise OtaError(f"the PKCS#11 PIN is read from ${PKCS11_PIN_ENV}, which is not set or empty")
+    return pin
+
+
+def _import_pkcs11_key(key: Pkcs11Key) -> tuple[str, SSlibKey]:
+    # securesystemslib's HSMSigner finds its module through this variable, when importing and when signing.
+    os.environ["PYKCS11LIB"] = key.module
+    try:
+        return HSMSigner.import_(key.key_id, key.token_label, _pkcs11_pin)
+    except ValueError as e:
+        raise OtaError(
+            f"no usable EC P-256 key with id {key.key_id} in PKCS#11 token {key.token_label!r}: {e}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -74,8 +104,20 @@ def _public(key: Ed25519PrivateKey) -> SSlibKey:
     return SSlibKey.from_crypto(key.public_key())
 
 
-def create_key_set(out: Path, root_keys: int = 3, root_threshold: int = 2, passphrase: bytes | None = None) -> KeySet:
-    """Make `root_keys` offline root keys (any `root_threshold` of them sign a root) and the online keys."""
+def create_key_set(
+    out: Path,
+    root_keys: int = 3,
+    root_threshold: int = 2,
+    passphrase: bytes | None = None,
+    pkcs11_keys: tuple[Pkcs11Key, ...] = (),
+) -> KeySet:
+    """Make `root_keys` offline root keys (any `root_threshold` of them sign a root) and the online keys.
+
+    A role named in `pkcs11_keys` uses that token key instead of a new file key.
+    """
+    in_tokens = {k.role: k for k in pkcs11_keys}
+    if not set(in_tokens) <= set(ONLINE_ROLES):
+        raise InvalidInputError(f"a PKCS#11 key can serve {', '.join(ONLINE_ROLES)}; not {sorted(in_tokens)}")
     if not 1 <= root_threshold <= root_keys <= MAX_ROOT_KEYS:
         raise InvalidInputError(
             f"a root threshold of {root_threshold} of {root_keys} keys is not possible: "
@@ -92,6 +134,12 @@ def create_key_set(out: Path, root_keys: int = 3, root_threshold: int = 2, passp
         roots.append(_public(private))
     online: dict[str, Key] = {}
     for role in ONLINE_ROLES:
+        if role in in_tokens:
+            uri, public = _import_pkcs11_key(in_tokens[role])
+            reference = {"uri": uri, "pkcs11_module": in_tokens[role].module}
+            write_atomic(out / ONLINE_DIR / f"{role}.json", json.dumps(reference).encode())
+            online[role] = public
+            continue
         # Online keys are used unattended by the server, like its TLS key: a 0600 file, not encrypted.
         private = Ed25519PrivateKey.generate()
         write_secret(out / ONLINE_DIR / f"{role}.pem", _pem(private, None))
@@ -126,9 +174,14 @@ def load_root_signers(key_dir: Path, passphrase: bytes | None = None) -> list[Si
     return signers
 
 
-def online_signer(uri: str, public: Key) -> Signer:
-    """Load an online signer from its URI (`file2:/path` or a PKCS#11 `hsm:` URI)."""
+def online_signer(uri: str, public: Key, pkcs11_module: str | None = None) -> Signer:
+    """Load an online signer from its URI (`file2:/path`, or a PKCS#11 `hsm:KEYID?label=TOKEN` URI)."""
     try:
+        if uri.startswith(f"{HSMSigner.SCHEME}:"):
+            if not pkcs11_module:
+                raise OtaError(f"the PKCS#11 signer {uri} names no module")
+            os.environ["PYKCS11LIB"] = pkcs11_module
+            return Signer.from_priv_key_uri(uri, public, _pkcs11_pin)
         return Signer.from_priv_key_uri(uri, public)
     except (OSError, ValueError) as e:
         raise OtaError(f"the OTA signing key {uri} cannot be loaded: {e}") from None

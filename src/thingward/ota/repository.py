@@ -76,6 +76,16 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+def _sign(md: Metadata[Any], signer: Signer) -> None:
+    try:
+        md.sign(signer)
+    except OtaError:
+        raise
+    except Exception as e:
+        # Signers are pluggable (a file, a PKCS#11 token): whatever a backend raises becomes one clear error.
+        raise OtaError(f"signing {md.signed.type} metadata failed ({type(e).__name__}): {e}") from e
+
+
 class OtaRepository:
     """A TUF repository on disk. Open it with `OtaRepository(path)`; create it with `initialise`."""
 
@@ -144,6 +154,11 @@ class OtaRepository:
         os.chmod(self.keys_dir, 0o700)
         signers: dict[str, dict[str, Any]] = {}
         for role, key in key_set.online_keys.items():
+            token_reference = key_dir / ONLINE_DIR / f"{role}.json"
+            if token_reference.is_file():
+                reference = json.loads(token_reference.read_text())
+                signers[role] = {**reference, "keyid": key.keyid, "key": key.to_dict()}
+                continue
             source = key_dir / ONLINE_DIR / f"{role}.pem"
             try:
                 data = source.read_bytes()
@@ -219,7 +234,7 @@ class OtaRepository:
             raise OtaError(f"{path} has no usable signer for {role}: {e}") from None
         if public.keyid not in root.roles[role].keyids:
             raise OtaError(f"the {role} key in {path} is not one the root trusts for {role}")
-        return online_signer(str(entry["uri"]), public)
+        return online_signer(str(entry["uri"]), public, entry.get("pkcs11_module"))
 
     def _write(self, md: Metadata[Any], *names: str) -> None:
         data = md.to_bytes()
@@ -243,13 +258,13 @@ class OtaRepository:
             targets.signed.version += 1
             targets.signed.expires = now + self.lifetimes.targets
             targets.signatures.clear()
-            targets.sign(self._signer(Targets.type, root))
+            _sign(targets, self._signer(Targets.type, root))
             self._write(targets, f"{targets.signed.version}.targets.json", "targets.json")
         snapshot.signed.version += 1
         snapshot.signed.expires = now + self.lifetimes.snapshot
         snapshot.signed.meta = {"targets.json": MetaFile(version=targets.signed.version)}
         snapshot.signatures.clear()
-        snapshot.sign(self._signer(Snapshot.type, root))
+        _sign(snapshot, self._signer(Snapshot.type, root))
         self._write(snapshot, f"{snapshot.signed.version}.snapshot.json", "snapshot.json")
         self._sign_timestamp(timestamp, snapshot.signed.version, now)
 
@@ -258,7 +273,7 @@ class OtaRepository:
         timestamp.signed.expires = now + self.lifetimes.timestamp
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot_version)
         timestamp.signatures.clear()
-        timestamp.sign(self._signer(Timestamp.type, self.root().signed))
+        _sign(timestamp, self._signer(Timestamp.type, self.root().signed))
         self._write(timestamp, "timestamp.json")
 
     def add_target(
