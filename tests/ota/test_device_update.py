@@ -10,6 +10,9 @@ import datetime as dt
 import json
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +251,42 @@ def test_new_root_signed_only_by_the_new_keys_refused(api, repo, tmp_path: Path)
     with pytest.raises(UpdateRefusedError, match="UnsignedMetadataError"):
         device.update()
     assert Metadata[Root].from_file(str(device.device_dir / "tuf" / "root.json")).signed.version == 1
+
+
+_DIES_WRITING_THE_SLOT = """
+import os, signal, sys
+from pathlib import Path
+from thingward.device import update
+
+def copy_then_die(src, dst, length=0):
+    dst.write(src.read(50_000))
+    dst.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # power cut in the middle of the slot write
+
+update.shutil.copyfileobj = copy_then_die
+update.FirmwareUpdater(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), "cam").update()
+"""
+
+
+def test_agent_killed_while_writing_the_new_slot_boots_the_old_one(api, repo, tmp_path: Path) -> None:
+    device = _device(api, repo, tmp_path)
+    data, _ = _publish(api, repo, tmp_path, "1.1.0")
+    agent = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DIES_WRITING_THE_SLOT,
+            str(device.device_dir),
+            api.url,
+            str(api.platform.ca_certificate_path),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    half_written = device.slots.path / ".slot-b.img.tmp"
+    assert 0 < half_written.stat().st_size < len(data)
+    assert device.boot(_healthy).status == "running"
+    _stays(device)
+    assert device.update().status == "installed"  # the next try starts the slot afresh
+    assert device.slots.slot_file("b").read_bytes() == data

@@ -155,3 +155,26 @@ def test_cli_root_rotation_is_recorded(platform, repo, ota_keys: Path, tmp_path:
     refreshed = runner.invoke(app, ["ota", "refresh", "--force", *data])
     assert json.loads(refreshed.stdout)["re_signed"] == ["targets", "snapshot", "timestamp"]
     repo.root().verify_delegate("timestamp", repo.timestamp())
+
+
+def test_version_judged_against_signed_targets_the_registry_does_not_know(platform, repo, tmp_path: Path) -> None:
+    # Another process signed cam 2.0.0 and has not committed its registry row yet.
+    repo.add_target("cam/2.0.0.img", _image(tmp_path, "racer.img"), {"model": "cam", "version": "2.0.0"})
+    with pytest.raises(ConflictError, match=r"newest published version, 2\.0\.0"):
+        _publish(platform, repo, _image(tmp_path, "late.img"), "1.5.0")
+    assert "cam/1.5.0.img" not in repo.targets().signed.targets
+
+
+def test_paths_that_climb_out_of_the_repository_get_404(api, repo) -> None:
+    context = server_context(api.platform.ca_certificate_path)
+    with httpx.Client(verify=context, timeout=10) as client:
+        for path in (
+            "/ota/metadata/..%2Fkeys%2Fsigners.json",
+            "/ota/metadata/%2E%2E%2F%2E%2E%2Fthingward.toml",
+            "/ota/targets/..%2Fkeys/signers.json",
+            "/ota/targets/cam/..%2F..%2Fkeys%2Fsigners.json",
+            "/ota/targets/keys/signers.json",
+        ):
+            response = client.get(api.url + path)
+            assert response.status_code == 404, path
+            assert b"PRIVATE" not in response.content and b"file2:" not in response.content

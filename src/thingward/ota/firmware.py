@@ -13,6 +13,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from tuf.api.metadata import Targets
 
 from thingward.errors import ConflictError, InvalidInputError
 from thingward.names import validate_name
@@ -105,22 +106,26 @@ def publish_image(
     if not 0 < size <= MAX_IMAGE_BYTES:
         raise InvalidInputError(f"{image} holds {size} bytes; an image holds 1 byte to {MAX_IMAGE_BYTES} bytes")
     repository.require()
-    # The signed targets are what devices see: judge against them as well as the registry.
-    known = [Version(i.version) for i in list_images(session, model)]
-    for target in repository.list_targets():
-        fields = target.custom if isinstance(target.custom, dict) else {}
-        if fields.get("model") == model and isinstance(fields.get("version"), str):
-            known.append(Version(fields["version"]))
-    if known and max(known) >= new:
-        raise ConflictError(
-            f"{model} {new} is not newer than the newest published version, {max(known)}: "
-            "publish a greater version (devices refuse to go back)"
-        )
+    newest_published = max((Version(i.version) for i in list_images(session, model)), default=None)
+
+    def only_newer(targets: Targets) -> None:
+        # Judged against the signed targets (what devices see) under the repository lock, and the registry.
+        known = [newest_published] if newest_published is not None else []
+        for target in targets.targets.values():
+            fields = target.custom if isinstance(target.custom, dict) else {}
+            if fields.get("model") == model and isinstance(fields.get("version"), str):
+                known.append(Version(fields["version"]))
+        if known and max(known) >= new:
+            raise ConflictError(
+                f"{model} {new} is not newer than the newest published version, {max(known)}: "
+                "publish a greater version (devices refuse to go back)"
+            )
+
     path = target_path_for(model, new)
     custom: dict[str, object] = {"model": model, "version": str(new)}
     if floor is not None:
         custom["min_version"] = str(floor)
-    info = repository.add_target(path, image, custom)
+    info = repository.add_target(path, image, custom, check=only_newer)
     row = FirmwareImage(
         model=model,
         version=str(new),

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,15 +277,26 @@ class OtaRepository:
         self._write(timestamp, "timestamp.json")
 
     def add_target(
-        self, target_path: str, image: Path, custom: dict[str, Any], now: dt.datetime | None = None
+        self,
+        target_path: str,
+        image: Path,
+        custom: dict[str, Any],
+        now: dt.datetime | None = None,
+        check: Callable[[Targets], None] | None = None,
     ) -> TargetFile:
-        """Store `image` under its hash and sign a new targets/snapshot/timestamp that lists it."""
+        """Store `image` under its hash and sign a new targets/snapshot/timestamp that lists it.
+
+        `check` sees the current targets under the writers' lock and may refuse by raising, so a rule
+        across targets (versions only go up) holds against a publish racing in another process.
+        """
         model, _, file_name = target_path.partition("/")
         if not MODEL_NAME.match(model) or not file_name.endswith(".img"):
             raise OtaError(f"target path {target_path!r} is not MODEL/VERSION.img")
         now = now or _now()
         with self._locked():
             targets = self.targets()
+            if check is not None:
+                check(targets.signed)
             if target_path in targets.signed.targets:
                 raise ConflictError(f"{target_path} is published already; publish a new version instead")
             info = TargetFile.from_file(target_path, str(image), ["sha256"])
