@@ -76,6 +76,20 @@ def test_happy_path_install_boot_once_confirm(api, repo, tmp_path: Path) -> None
     assert device.update().status == "up_to_date"
 
 
+def test_agent_cycle_installs_restarts_and_confirms_or_rolls_back(api, repo, tmp_path: Path) -> None:
+    device = _device(api, repo, tmp_path)
+    _publish(api, repo, tmp_path, "1.1.0")
+    started, outcome = device.cycle(_healthy)
+    assert (outcome.status, started.status, device.running_version) == ("installed", "confirmed", "1.1.0")
+    _publish(api, repo, tmp_path, "1.2.0")
+    started, outcome = device.cycle(lambda slot, version: version != "1.2.0")
+    assert (outcome.status, started.status, device.running_version) == ("installed", "rolled_back", "1.1.0")
+    assert device.slots.load().last_result == "rolled back: 1.2.0 failed its health check"
+    assert device.update().status == "failed_before"  # no install-and-roll-back loop
+    _publish(api, repo, tmp_path, "1.2.1")
+    assert device.cycle(_healthy)[0].status == "confirmed" and device.running_version == "1.2.1"
+
+
 def test_tampered_image_one_byte_changed_refused(api, repo, tmp_path: Path) -> None:
     device = _device(api, repo, tmp_path)
     _, stored = _publish(api, repo, tmp_path, "1.1.0")

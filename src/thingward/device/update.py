@@ -109,6 +109,7 @@ class SlotState:
     trial: Slot | None = None  # the slot marked to boot once
     trial_started: bool = False  # its one boot began (and has not confirmed yet)
     last_result: str = ""
+    failed_versions: list[str] = field(default_factory=list)  # rolled back once: not tried again
 
     @property
     def inactive(self) -> Slot:
@@ -157,7 +158,7 @@ class ABSlots:
 
 @dataclass(frozen=True)
 class UpdateOutcome:
-    status: Literal["up_to_date", "installed", "awaiting_reboot"]
+    status: Literal["up_to_date", "installed", "awaiting_reboot", "failed_before"]
     version: str
     target: str = ""
     downloaded_bytes: int = 0
@@ -290,6 +291,9 @@ class FirmwareUpdater:
             offered = self._judge(info, running)
             if offered is None:
                 return UpdateOutcome("up_to_date", str(running))
+            if str(offered) in waiting.failed_versions:
+                # It failed its trial boot here; a loop of install and roll back helps nobody.
+                return UpdateOutcome("failed_before", str(offered), info.path)
             image, fetched = self._download(fetcher, info)
         slot = self.slots.write_inactive(image)
         state = self.slots.load()
@@ -359,6 +363,16 @@ class FirmwareUpdater:
                 raise UpdateRefusedError(f"{info.path} does not match its signed length and hash: {e}") from None
         return part, fetched
 
+    def cycle(self, health_check: HealthCheck, version: str | None = None) -> tuple[BootOutcome, UpdateOutcome]:
+        """One run of the agent: start (finishing any trial boot), look for an update, and when one was
+        installed, "reboot": start again, which boots it once and confirms it or rolls back."""
+        started = self.boot(health_check)
+        outcome = self.update(version)
+        if outcome.status == "installed":
+            logger.info("restarting the agent to boot firmware %s once", outcome.version)
+            started = self.boot(health_check)
+        return started, outcome
+
     def boot(self, health_check: HealthCheck) -> BootOutcome:
         """What the agent does at start: run a slot marked to boot once, then confirm it or go back."""
         state = self.slots.load()
@@ -384,6 +398,8 @@ class FirmwareUpdater:
         return BootOutcome("confirmed", new_version)
 
     def _roll_back(self, state: SlotState, reason: str) -> BootOutcome:
+        if state.trial is not None:
+            state.failed_versions.append(str(state.versions[state.trial]))
         state.trial, state.trial_started, state.last_result = None, False, f"rolled back: {reason}"
         self.slots.save(state)
         logger.warning("rolled back to firmware %s: %s", state.running_version, reason)
