@@ -211,6 +211,10 @@ class ThingwardServer:
                     roles = await asyncio.to_thread(repository.refresh)
                     if roles:
                         logger.info("re-signed OTA metadata: %s", ", ".join(roles))
+                    if await asyncio.to_thread(repository.root_expires_soon):
+                        logger.warning(
+                            "the OTA root.json expires within 30 days: sign a new one offline (ota root rotate)"
+                        )
                 except Exception:
                     logger.exception("re-signing OTA metadata failed; will retry")
             await asyncio.sleep(OTA_REFRESH_INTERVAL)

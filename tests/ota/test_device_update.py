@@ -229,6 +229,7 @@ def test_client_follows_a_root_rotation_and_then_trusts_only_the_new_keys(
     new_keys = tmp_path / "new-keys"
     create_key_set(new_keys, root_keys=2, root_threshold=2)
     repo.rotate_root(ota_keys, new_keys)
+    assert not Path(old_signers["timestamp"]["uri"].removeprefix("file2:")).exists()  # retired from the server
     data, _ = _publish(api, repo, tmp_path, "1.1.0")
     assert device.update().status == "installed"
     assert device.slots.slot_file("b").read_bytes() == data
@@ -240,7 +241,8 @@ def test_client_follows_a_root_rotation_and_then_trusts_only_the_new_keys(
     timestamp.signed.version += 1
     timestamp.signatures.clear()
     old = old_signers["timestamp"]
-    timestamp.sign(Signer.from_priv_key_uri(old["uri"], Key.from_dict(old["keyid"], dict(old["key"]))))
+    old_key = f"file2:{ota_keys / 'online' / 'timestamp.pem'}"  # the ceremony's copy
+    timestamp.sign(Signer.from_priv_key_uri(old_key, Key.from_dict(old["keyid"], dict(old["key"]))))
     timestamp.to_file(str(repo.metadata_dir / "timestamp.json"))
     with pytest.raises(UpdateRefusedError, match="UnsignedMetadataError"):
         device.update()

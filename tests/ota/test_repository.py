@@ -142,3 +142,9 @@ def test_rotation_needs_the_current_root_threshold(repo: OtaRepository, ota_keys
     with pytest.raises(OtaError, match="rotating needs 2"):
         repo.rotate_root(new, new)
     assert Metadata[Root].from_file(str(repo.metadata_dir / "root.json")).signed.version == 1
+
+
+def test_root_expiry_is_flagged_a_month_ahead(repo: OtaRepository) -> None:
+    expires = repo.root().signed.expires
+    assert not repo.root_expires_soon()
+    assert repo.root_expires_soon(now=expires - dt.timedelta(days=29))

@@ -168,6 +168,11 @@ class OtaRepository:
             write_secret(target, data)
             signers[role] = {"uri": f"file2:{target.resolve()}", "keyid": key.keyid, "key": key.to_dict()}
         write_secret(self.keys_dir / SIGNERS_FILE, json.dumps(signers, indent=2).encode())
+        # A rotation retires the old online keys: none stays on the server to be stolen later.
+        in_use = {str(entry["uri"]).removeprefix("file2:") for entry in signers.values()}
+        for stale in self.keys_dir.glob("*.pem"):
+            if str(stale.resolve()) not in in_use:
+                stale.unlink()
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -315,6 +320,10 @@ class OtaRepository:
             self._publish(targets, self.snapshot(), self.timestamp(), now, sign_targets=True)
         logger.info("published OTA target %s (%d bytes)", target_path, info.length)
         return info
+
+    def root_expires_soon(self, now: dt.datetime | None = None, within: dt.timedelta = dt.timedelta(days=30)) -> bool:
+        """Whether root.json expires within `within`: only the offline root keys can renew it (rotate)."""
+        return self.root().signed.expires - (now or _now()) < within
 
     def refresh(self, now: dt.datetime | None = None, force: Sequence[str] = ()) -> list[str]:
         """Re-sign online roles whose signature has less than half its lifetime left (or those in `force`).
