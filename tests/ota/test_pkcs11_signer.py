@@ -94,3 +94,17 @@ def test_cli_ceremony_with_a_token_key(softhsm_token, monkeypatch, tmp_path: Pat
     assert ok.exit_code == 0, ok.stderr
     reference = json.loads((tmp_path / "b" / "online" / "snapshot.json").read_text())
     assert reference == {"uri": f"hsm:3?label={softhsm_token.label}", "pkcs11_module": softhsm_token.module_path}
+
+
+def test_init_that_cannot_sign_leaves_no_half_repository(platform, softhsm_token, monkeypatch, tmp_path: Path) -> None:
+    _token_key(softhsm_token, 4)
+    monkeypatch.setenv(PKCS11_PIN_ENV, softhsm_token.pin)
+    keys = tmp_path / "keys"
+    create_key_set(keys, pkcs11_keys=(Pkcs11Key("timestamp", softhsm_token.module_path, softhsm_token.label, 4),))
+    monkeypatch.delenv(PKCS11_PIN_ENV)
+    repo = OtaRepository.for_data_dir(platform.settings.data_dir)
+    with pytest.raises(OtaError, match="PKCS#11 PIN"):
+        OtaRepository.initialise(repo.path, keys)
+    assert not repo.exists and not repo.keys_dir.exists()
+    monkeypatch.setenv(PKCS11_PIN_ENV, softhsm_token.pin)
+    assert OtaRepository.initialise(repo.path, keys).timestamp().signed.version == 1

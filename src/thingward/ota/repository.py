@@ -139,14 +139,20 @@ class OtaRepository:
         for signer in root_signers:
             signed_root.sign(signer, append=True)
         with repo._locked():
-            repo._install_online_keys(key_dir, key_set)
-            repo._write_root(signed_root)
-            targets = Metadata(Targets(expires=now + repo.lifetimes.targets))
-            snapshot = Metadata(Snapshot(expires=now + repo.lifetimes.snapshot))
-            timestamp = Metadata(Timestamp(expires=now + repo.lifetimes.timestamp))
-            # Versions start at 1; _publish bumps them, so start one below.
-            targets.signed.version = snapshot.signed.version = timestamp.signed.version = 0
-            repo._publish(targets, snapshot, timestamp, now, sign_targets=True)
+            try:
+                repo._install_online_keys(key_dir, key_set)
+                repo._write_root(signed_root)
+                targets = Metadata(Targets(expires=now + repo.lifetimes.targets))
+                snapshot = Metadata(Snapshot(expires=now + repo.lifetimes.snapshot))
+                timestamp = Metadata(Timestamp(expires=now + repo.lifetimes.timestamp))
+                # Versions start at 1; _publish bumps them, so start one below.
+                targets.signed.version = snapshot.signed.version = timestamp.signed.version = 0
+                repo._publish(targets, snapshot, timestamp, now, sign_targets=True)
+            except BaseException:
+                # Half a repository (a root but no timestamp, say) would block a second try: leave none.
+                shutil.rmtree(repo.metadata_dir, ignore_errors=True)
+                shutil.rmtree(repo.keys_dir, ignore_errors=True)
+                raise
         return repo
 
     def _install_online_keys(self, key_dir: Path, key_set: KeySet) -> None:
