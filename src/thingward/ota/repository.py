@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
-from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -318,9 +318,13 @@ class OtaRepository:
             stored.parent.mkdir(parents=True, exist_ok=True)
             tmp = stored.with_name(f".{stored.name}.tmp")
             shutil.copyfile(image, tmp)
-            with tmp.open("rb") as f:
-                # The copy is what is served: hash it again, so a file changed under us is not signed.
-                TargetFile.from_data(target_path, f, ["sha256"]).verify_length_and_hashes(image.read_bytes())
+            try:
+                with tmp.open("rb") as f:
+                    # The copy is what is served: hash it again, so a file changed under us is not signed.
+                    info.verify_length_and_hashes(f)
+            except LengthOrHashMismatchError:
+                tmp.unlink()
+                raise OtaError(f"{image} changed while it was being published; publish it again") from None
             os.replace(tmp, stored)
             targets.signed.targets[target_path] = info
             self._publish(targets, self.snapshot(), self.timestamp(), now, sign_targets=True)
