@@ -280,7 +280,7 @@ class FirmwareUpdater:
         with self._tuf() as (updater, fetcher):
             updater.refresh()
             if version is not None:
-                path: str | None = f"{self.model}/{Version(version)}.img"
+                path: str | None = f"{self.model}/{_version(version, 'requested version')}.img"
             else:
                 path = self._newest_target(updater)
             if path is None:
