@@ -37,7 +37,9 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from thingward.device.client import Device
 from thingward.device.enroll import server_context
+from thingward.device.state import DeviceState
 from thingward.errors import ThingwardError
 from thingward.pki.files import write_atomic
 
@@ -178,6 +180,28 @@ class BootOutcome:
 
 
 HealthCheck = Callable[[Path, str], bool]
+
+
+def broker_health_check(
+    identity_dir: Path, name: str, model: str, host: str, port: int, timeout: float = 10.0
+) -> HealthCheck:
+    """The health check of a real boot: connect to the broker as this device and report the new version.
+
+    A device that cannot reach the broker with its identity, or whose report is not acknowledged, is not
+    healthy: it goes back to the image that could.
+    """
+
+    def check(_slot: Path, version: str) -> bool:
+        device = Device.from_dir(identity_dir, name, host=host, port=port)
+        try:
+            device.connect(timeout)
+            report = device.publish_state(DeviceState(model=model, firmware_version=version), qos=1)
+            report.wait_for_publish(timeout)
+            return report.is_published()
+        finally:
+            device.close()
+
+    return check
 
 
 def _version(value: object, what: str) -> Version:
