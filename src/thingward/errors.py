@@ -8,7 +8,8 @@ ThingwardError
  ├── ConflictError            it exists already, or the change would break a rule (cycle, depth)
  ├── EnrollmentRefusedError   a token that is unknown, used, expired or for another thing
  ├── ConfigError              a config file or data dir that cannot be used
- └── PkiError                 the CA cannot be loaded or used (wrong passphrase, missing files)
+ ├── PkiError                 the CA cannot be loaded or used (wrong passphrase, missing files)
+ └── OtaError                 the OTA repository or its keys cannot be used (not initialised, keys missing)
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class ConfigError(ThingwardError):
 
 class PkiError(ThingwardError):
     """The certificate authority cannot be loaded or used."""
+
+
+class OtaError(ThingwardError):
+    """The OTA repository or its signing keys cannot be used."""

@@ -26,6 +26,7 @@ from thingward.broker.base import BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
+from thingward.ota.repository import OtaRepository
 from thingward.platform import Platform
 from thingward.policy.engine import PolicyEngine
 from thingward.policy.world import PolicyWorld
@@ -36,6 +37,7 @@ from thingward.registry.policies import load_policy_world
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.25
+OTA_REFRESH_INTERVAL = 60.0
 CRL_REFRESH = dt.timedelta(hours=12)
 STARTUP_TIMEOUT = 20.0
 
@@ -171,6 +173,7 @@ class ThingwardServer:
         self._tasks.append(asyncio.create_task(self._watch(), name="thingward-watch"))
         if self.platform.settings.audit.interval_minutes > 0:
             self._tasks.append(asyncio.create_task(self._audit_on_schedule(), name="thingward-audit"))
+        self._tasks.append(asyncio.create_task(self._refresh_ota(), name="thingward-ota-refresh"))
         if self.platform.settings.mqtt.plaintext_port is not None:
             logger.warning("a plaintext MQTT listener is configured: it accepts no device (no identity)")
         return self.endpoints()
@@ -178,7 +181,7 @@ class ThingwardServer:
     async def stop(self) -> None:
         self._http.should_exit = True
         for task in reversed(self._tasks):
-            if task.get_name() in {"thingward-watch", "thingward-audit"}:
+            if task.get_name() in {"thingward-watch", "thingward-audit", "thingward-ota-refresh"}:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=10)
@@ -201,6 +204,23 @@ class ThingwardServer:
                     await self.write_live_state()
                 except OSError:
                     logger.exception("writing the live session state failed; will retry")
+
+    async def _refresh_ota(self) -> None:
+        """Keep the OTA timestamp (and snapshot, targets) signed before they expire, with the online keys."""
+        repository = OtaRepository.for_data_dir(self.platform.settings.data_dir)
+        while True:
+            if repository.exists:
+                try:
+                    roles = await asyncio.to_thread(repository.refresh)
+                    if roles:
+                        logger.info("re-signed OTA metadata: %s", ", ".join(roles))
+                    if await asyncio.to_thread(repository.root_expires_soon):
+                        logger.warning(
+                            "the OTA root.json expires within 30 days: sign a new one offline (ota root rotate)"
+                        )
+                except Exception:
+                    logger.exception("re-signing OTA metadata failed; will retry")
+            await asyncio.sleep(OTA_REFRESH_INTERVAL)
 
     def _live_dicts(self) -> tuple[list[dict[str, str]], dict[str, list[dict[str, str]]]]:
         """The broker's live sessions and recent takeovers; call on the loop, where the broker changes them."""

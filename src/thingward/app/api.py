@@ -1,4 +1,4 @@
-"""The REST API: device enrollment, health and metrics. Every handler calls the platform core."""
+"""The REST API: device enrollment, OTA metadata and images, health and metrics. Handlers call the core."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -23,6 +23,7 @@ from thingward.errors import (
     NotFoundError,
     ThingwardError,
 )
+from thingward.ota.repository import OtaRepository
 from thingward.pki.ca import certificate_pem
 from thingward.pki.csr import MAX_CSR_BYTES
 from thingward.platform import Platform
@@ -147,6 +148,26 @@ def create_app(
     @app.get("/api/v1/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    ota_repository = OtaRepository.for_data_dir(platform.settings.data_dir)
+    not_found: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "no such file"}}
+
+    @app.get("/ota/metadata/{name}", responses=not_found)
+    def ota_metadata(name: str) -> Response:
+        """TUF metadata (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`), signed."""
+        path = ota_repository.metadata_file(name)
+        if path is None:
+            return JSONResponse({"error": f"no OTA metadata named {name!r}"}, status_code=404)
+        # Read whole (metadata is small and bounded by the client): timestamp.json is replaced while served.
+        return Response(path.read_bytes(), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.get("/ota/targets/{model}/{name}", responses=not_found)
+    def ota_target(model: str, name: str) -> Response:
+        """A firmware image by its content address (`MODEL/SHA256.VERSION.img`); Range requests resume."""
+        path = ota_repository.target_file(model, name)
+        if path is None:
+            return JSONResponse({"error": f"no OTA image {model}/{name}"}, status_code=404)
+        return FileResponse(path, media_type="application/octet-stream")
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

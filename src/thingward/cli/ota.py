@@ -1,19 +1,209 @@
-"""`thingward ota ...`: over-the-air updates. Today: firmware advisories (`thingward ota advisory ...`)."""
+"""`thingward ota ...`: over-the-air updates: signing keys, the TUF repository, publishing, advisories."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
+from thingward.errors import InvalidInputError
+from thingward.ota import firmware, trust
+from thingward.ota.keys import Pkcs11Key, create_key_set
+from thingward.ota.repository import OtaRepository
 from thingward.platform import cli_actor
 from thingward.registry import device_state
 
 app = typer.Typer(help="Over-the-air updates: firmware, advisories, rollouts.", no_args_is_help=True)
 advisory_app = typer.Typer(help="Firmware advisories: which versions of a model are weak.", no_args_is_help=True)
+keys_app = typer.Typer(help="OTA signing keys: the offline root keys and the online keys.", no_args_is_help=True)
+root_app = typer.Typer(help="The OTA repository's root of trust.", no_args_is_help=True)
 app.add_typer(advisory_app, name="advisory")
+app.add_typer(keys_app, name="keys")
+app.add_typer(root_app, name="root")
+
+PassphraseEnv = Annotated[
+    str,
+    typer.Option(
+        "--passphrase-env",
+        help="Name of an environment variable holding the root keys' passphrase (never the passphrase itself).",
+    ),
+]
+
+
+def _passphrase(env_name: str) -> bytes | None:
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise InvalidInputError(f"the passphrase is read from ${env_name}, which is not set or empty")
+    return value.encode()
+
+
+def _pkcs11_key(spec: str, module: str, token: str) -> Pkcs11Key:
+    role, _, key_id = spec.partition(":")
+    if not key_id.isdigit() or not module or not token:
+        raise InvalidInputError(
+            f"--pkcs11 {spec!r}: give ROLE:KEY_ID (e.g. timestamp:2) with --pkcs11-module and --pkcs11-token"
+        )
+    return Pkcs11Key(role, module, token, int(key_id))
+
+
+def _repository(data_dir: Path | None) -> OtaRepository:
+    platform = open_platform(data_dir)
+    return OtaRepository.for_data_dir(platform.settings.data_dir)
+
+
+@keys_app.command("init")
+@handle_errors
+def keys_init(
+    out: Annotated[Path, typer.Option("--out", help="A new directory for the keys (refused if not empty).")],
+    root_keys: Annotated[int, typer.Option("--root-keys", help="How many root keys to make.")] = 3,
+    threshold: Annotated[int, typer.Option("--threshold", help="How many root keys must sign a root.")] = 2,
+    passphrase_env: PassphraseEnv = "",
+    pkcs11: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pkcs11",
+            help="ROLE:KEY_ID: use the EC P-256 key with this CKA_ID in the token for an online role "
+            "(repeatable; PIN from $THINGWARD_OTA_PKCS11_PIN).",
+        ),
+    ] = None,
+    pkcs11_module: Annotated[str, typer.Option(help="The PKCS#11 module (.so) for --pkcs11.")] = "",
+    pkcs11_token: Annotated[str, typer.Option(help="The token label for --pkcs11.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Make the root keys (keep OUT/root offline) and the online targets/snapshot/timestamp keys (OUT/online)."""
+    token_keys = tuple(_pkcs11_key(spec, pkcs11_module, pkcs11_token) for spec in pkcs11 or ())
+    key_set = create_key_set(out, root_keys, threshold, _passphrase(passphrase_env), token_keys)
+    emit(
+        as_json,
+        {
+            "out": str(out),
+            "root_threshold": key_set.root_threshold,
+            "root_keys": [k.keyid for k in key_set.root_keys],
+            "online_keys": {role: k.keyid for role, k in key_set.online_keys.items()},
+            "next": f"thingward ota init --keys {out}, then move {out / 'root'} offline",
+        },
+    )
+
+
+@app.command("init")
+@handle_errors
+def init_repository(
+    keys: Annotated[Path, typer.Option("--keys", help="The directory made by 'thingward ota keys init'.")],
+    passphrase_env: PassphraseEnv = "",
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create the data dir's TUF repository: root.json signed by the root threshold; online keys installed."""
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        repo = trust.initialise_repository(
+            session, cli_actor(), platform.settings.data_dir, keys, _passphrase(passphrase_env)
+        )
+    root = repo.root()
+    emit(
+        as_json,
+        {
+            "repository": str(repo.path),
+            "root_version": root.signed.version,
+            "root_expires": root.signed.expires.isoformat(),
+            "device_trust_anchor": str(repo.metadata_dir / "1.root.json"),
+        },
+    )
+
+
+@root_app.command("rotate")
+@handle_errors
+def rotate_root(
+    old_keys: Annotated[Path, typer.Option("--old-keys", help="Key directory holding the current root keys.")],
+    new_keys: Annotated[Path, typer.Option("--new-keys", help="Key directory from 'ota keys init' with new keys.")],
+    old_passphrase_env: Annotated[str, typer.Option(help="Env variable with the old root keys' passphrase.")] = "",
+    new_passphrase_env: Annotated[str, typer.Option(help="Env variable with the new root keys' passphrase.")] = "",
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sign a new root with a threshold of the old and of the new root keys; the new online keys take over."""
+    platform = open_platform(data_dir)
+    repo = OtaRepository.for_data_dir(platform.settings.data_dir)
+    with platform.db.session() as session:
+        root = trust.rotate_root(
+            session,
+            cli_actor(),
+            repo,
+            old_keys,
+            new_keys,
+            _passphrase(old_passphrase_env),
+            _passphrase(new_passphrase_env),
+        )
+    emit(
+        as_json,
+        {
+            "root_version": root.signed.version,
+            "root_threshold": root.signed.roles["root"].threshold,
+            "root_keys": sorted(root.signed.roles["root"].keyids),
+        },
+    )
+
+
+@app.command("refresh")
+@handle_errors
+def refresh(
+    force: Annotated[bool, typer.Option("--force", help="Re-sign targets, snapshot and timestamp now.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-sign online metadata that is near expiry (the running server does this by itself)."""
+    repo = _repository(data_dir)
+    roles = repo.refresh(force=("targets",) if force else ())
+    emit(as_json, {"re_signed": roles, "timestamp_expires": repo.timestamp().signed.expires.isoformat()})
+
+
+@app.command("publish")
+@handle_errors
+def publish(
+    image: Annotated[Path, typer.Argument(help="The firmware image file.")],
+    model: Annotated[str, typer.Option("--model", help="The device model it is for.")],
+    version: Annotated[str, typer.Option("--version", help="Its version; must beat every published one.")],
+    min_version: Annotated[
+        str | None, typer.Option("--min-version", help="The oldest version that may update to it directly.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Store IMAGE by its hash and sign it as a TUF target with its model, version and minimum version."""
+    platform = open_platform(data_dir)
+    repo = OtaRepository.for_data_dir(platform.settings.data_dir)
+    with platform.db.session() as session:
+        published = firmware.publish_image(session, repo, cli_actor(), image, model, version, min_version)
+    emit(as_json, published.to_dict())
+
+
+@app.command("list")
+@handle_errors
+def list_images(
+    model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List published firmware: models and versions."""
+    platform = open_platform(data_dir)
+    with platform.db.read() as session:
+        images = firmware.list_images(session, model)
+
+    def human() -> None:
+        table = Table("model", "version", "min version", "bytes", "sha256", "published")
+        for i in images:
+            table.add_row(
+                i.model, i.version, i.min_version or "", str(i.length), i.sha256[:16], i.published_at.isoformat()
+            )
+        console.print(table)
+
+    emit(as_json, {"images": [i.to_dict() for i in images]}, human)
 
 
 @advisory_app.command("add")

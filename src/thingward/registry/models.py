@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -374,3 +375,20 @@ class ThingShare(Base):
         CheckConstraint("role in ('owner', 'viewer')", name="ck_thing_shares_role"),
         UniqueConstraint("thing_id", "user_group_id", name="uq_thing_share"),
     )
+
+
+class FirmwareImage(Base):
+    """A firmware image published to the OTA repository; its signed target is `target_path` there."""
+
+    __tablename__ = "firmware_images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), nullable=False)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    min_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target_path: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    length: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    published_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    published_by: Mapped[str] = mapped_column(String(128), nullable=False)
+
+    __table_args__ = (UniqueConstraint("model", "version", name="uq_firmware_images_model_version"),)

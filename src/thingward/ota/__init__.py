@@ -1,0 +1,1 @@
+"""Over-the-air updates: the TUF repository, publishing, and (later) campaigns."""
