@@ -10,6 +10,8 @@ from thingward.platform import Platform
 from thingward.registry import things
 from thingward.registry.audit_log import Actor
 
+pytestmark = pytest.mark.both_databases
+
 
 def _msg(thing: str, topic: str, payload: bytes = b"{}") -> InboundMessage:
     return InboundMessage(thing=thing, topic=topic, payload=payload, qos=1, retain=False)

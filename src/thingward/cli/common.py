@@ -11,9 +11,11 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
 from thingward.errors import ThingwardError
 from thingward.platform import Platform
+from thingward.registry.db import database_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +63,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except ThingwardError as e:
             raise fail(str(e), bool(kwargs.get("as_json"))) from None
+        except OperationalError as e:  # the database is down, unreachable, or refused our credentials
+            raise fail(f"the database failed: {database_error(e)}", bool(kwargs.get("as_json"))) from None
 
     return wrapper
 

@@ -1,0 +1,264 @@
+"""A private PostgreSQL server for the test session, and a fresh database for every test that asks for one.
+
+How a storage test runs on both databases (SQLite and PostgreSQL):
+- mark it: `pytestmark = pytest.mark.both_databases` at the top of the module, or the marker on one test;
+- use the `platform` fixture (tests/conftest.py), or take `database_url` and pass it on
+  (`init_data_dir(path, database_url=database_url)`, `thingward init --database-url URL`); it is None for
+  SQLite (the default file in the data dir) and a URL of an empty database of its own for PostgreSQL.
+The test then runs twice, `[sqlite]` and `[postgresql]`; `database_backend` says which one is running.
+`pytest --databases sqlite` (or `postgresql`) runs only one of them. Unmarked tests use SQLite only.
+
+The server: `initdb` into a temp dir, `postgres` on 127.0.0.1 at a free port with its unix socket in that
+dir, a superuser of its own with a random password (scram-sha-256, nothing shared or default), durability
+off (fsync) because the data is thrown away. PostgreSQL refuses to run as root, so as root the server runs
+as the `postgres` system user (Debian's package makes it) and the temp dir is handed to that user. It is
+stopped and its dir deleted at the end of the session, also when tests fail. Without PostgreSQL binaries
+the PostgreSQL half of the tests is skipped with the reason, except under CI=true, where it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+SUPERUSER = "thingward_test"
+STARTUP_TIMEOUT = 30.0
+PG_BINDIR_ENV = "THINGWARD_TEST_PG_BINDIR"
+# Only for throwaway test data: nothing here must survive a crash.
+SERVER_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    "listen_addresses": "127.0.0.1",
+}
+
+
+class PostgresUnavailable(RuntimeError):
+    """PostgreSQL cannot run here (no binaries, or no user to run it as)."""
+
+
+def find_bindir() -> Path:
+    """The directory of initdb/postgres: $THINGWARD_TEST_PG_BINDIR, Debian's newest version, else the PATH."""
+    if os.environ.get(PG_BINDIR_ENV):
+        candidates = [Path(os.environ[PG_BINDIR_ENV])]
+    else:
+        debian = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin"),
+            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+            reverse=True,
+        )
+        on_path = shutil.which("initdb")
+        candidates = [*debian, *([Path(on_path).parent] if on_path else [])]
+    for bindir in candidates:
+        if (bindir / "initdb").is_file() and (bindir / "postgres").is_file():
+            return bindir
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or on the PATH: "
+        f"install Debian's 'postgresql' package (scripts/install.sh --test does) or set ${PG_BINDIR_ENV}"
+    )
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The account the server runs as: None for the current one, `postgres` when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError as e:
+        raise PostgresUnavailable(
+            "running as root, and PostgreSQL refuses root: there is no 'postgres' user to run it as "
+            "(Debian's 'postgresql' package creates it)"
+        ) from e
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    bindir: Path
+    root: Path
+    account: pwd.struct_passwd | None
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "postgres.log"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _user_kwargs(self) -> dict[str, object]:
+        if self.account is None:
+            return {}
+        return {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
+
+    def _hand_over(self, path: Path) -> None:
+        if self.account is not None:
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+
+    def initdb(self) -> None:
+        self._hand_over(self.root)
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        self._hand_over(pwfile)
+        try:
+            subprocess.run(
+                [
+                    str(self.bindir / "initdb"),
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--username",
+                    SUPERUSER,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth",
+                    "scram-sha-256",
+                    "--encoding",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+                cwd=self.root,
+                **self._user_kwargs(),  # type: ignore[call-overload]
+            )
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"initdb failed: {e.stderr.decode(errors='replace')}") from e
+        finally:
+            pwfile.unlink()
+
+    def start(self) -> None:
+        for _attempt in range(3):  # a free port can be taken between our probe and the server's bind
+            self.port = _free_port()
+            options = [arg for key, value in SERVER_SETTINGS.items() for arg in ("-c", f"{key}={value}")]
+            log = self.log_file.open("ab")
+            try:
+                self.process = subprocess.Popen(
+                    [
+                        *(str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)),
+                        *("-k", str(self.root), *options),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.root,
+                    start_new_session=True,
+                    **self._user_kwargs(),  # type: ignore[call-overload]
+                )
+            finally:
+                log.close()
+            if self._wait_ready():
+                return
+        raise RuntimeError(f"PostgreSQL did not start; its log:\n{self.log_tail()}")
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with self.admin():
+                    return True
+            except psycopg.OperationalError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"PostgreSQL did not accept connections within {STARTUP_TIMEOUT} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def admin(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def create_database(self) -> str:
+        name = f"thingward_test_{next(self._names)}"
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        # FORCE: a connection a test left open (a pool in a stopped server thread) must not keep it alive.
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def dump(self, database: str) -> bytes:
+        """Everything stored in a database, as `pg_dump` writes it (data and schema)."""
+        result = subprocess.run(
+            [
+                *(str(self.bindir / "pg_dump"), "--host", "127.0.0.1", "--port", str(self.port)),
+                *("--username", SUPERUSER, "--no-password", database),
+            ],
+            env={**os.environ, "PGPASSWORD": self.password},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # "fast" shutdown: clients are disconnected
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """Start a private server; stop it and delete its files on the way out, whatever happened."""
+    bindir = find_bindir()
+    account = _run_as()
+    # Not under pytest's tmp dir: that is 0700 and owned by us, and the server may run as another user.
+    root = Path(tempfile.mkdtemp(prefix="thingward-pg-"))
+    server = PostgresServer(bindir=bindir, root=root, account=account)
+    try:
+        server.initdb()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
