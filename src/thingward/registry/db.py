@@ -109,6 +109,7 @@ class Database:
 
     def __init__(self, url: str, audit_key: bytes | None = None) -> None:
         self.url = url
+        self.audit_key = audit_key
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         info = {"audit_key": audit_key}
