@@ -7,6 +7,7 @@ its own locks there (registry.db, audit_log.record_event). These tests race real
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +37,7 @@ def _events(platform: Platform) -> list[AuditEvent]:
 
 def _assert_linear(events: list[AuditEvent]) -> None:
     """Each event links to the one before it: one line, no fork, no gap in the links."""
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash, (before.id, after.id)
     assert len({e.prev_hash for e in events}) == len(events)
 
