@@ -110,8 +110,13 @@ class PostgresServer:
     def log_file(self) -> Path:
         return self.root / "postgres.log"
 
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, with_password: bool = True) -> str:
+        """The URL of a database; without the password, libpq takes it from $PGPASSWORD (see `client_env`)."""
+        secret = f":{self.password}" if with_password else ""
+        return f"postgresql+psycopg://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{database}"
+
+    def client_env(self) -> dict[str, str]:
+        return {"PGPASSWORD": self.password}
 
     def _user_kwargs(self) -> dict[str, object]:
         if self.account is None:
@@ -227,7 +232,7 @@ class PostgresServer:
                 *(str(self.bindir / "pg_dump"), "--host", "127.0.0.1", "--port", str(self.port)),
                 *("--username", SUPERUSER, "--no-password", database),
             ],
-            env={**os.environ, "PGPASSWORD": self.password},
+            env={**os.environ, **self.client_env()},
             check=True,
             capture_output=True,
             timeout=60,
