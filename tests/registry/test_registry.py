@@ -127,3 +127,17 @@ def test_audit_chain_detects_an_edit_made_around_the_triggers(platform: Platform
 def test_init_refuses_existing_data_dir(platform: Platform) -> None:
     with pytest.raises(ConfigError, match="refusing to overwrite"):
         init_data_dir(platform.settings.data_dir)
+
+
+def test_values_longer_than_their_columns_refused_clearly_on_every_database(platform: Platform) -> None:
+    # SQLite would store them; PostgreSQL would fail with a raw "value too long": both say the same instead.
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")
+    with pytest.raises(InvalidInputError, match="revocation reason is 65 characters long; the limit is 64"):
+        platform.revoke(ACTOR, "cam1", "r" * 65)
+    with pytest.raises(InvalidInputError, match="the limit is 512"), platform.db.session() as session:
+        things.add_group(session, ACTOR, "cams", description="d" * 513)
+    with pytest.raises(InvalidInputError, match="audit event source"), platform.db.session() as session:
+        things.add_thing(session, Actor("alice", "host:" + "x" * 200), "cam2")
+    with platform.db.read() as session:
+        assert [t.name for t in things.list_things(session)] == ["cam1"]

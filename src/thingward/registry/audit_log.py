@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from thingward.errors import ConfigError
+from thingward.errors import ConfigError, InvalidInputError
 from thingward.registry.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -55,6 +55,15 @@ def record_event(
     session: Session, actor: Actor, action: str, target: str, detail: Mapping[str, Any] | None = None
 ) -> AuditEvent:
     """Append an event in the caller's transaction, so the change and its record commit together."""
+    for field_name, value, limit in (
+        ("actor", actor.name, 128),
+        ("source", actor.source, 128),
+        ("action", action, 64),
+        ("target", target, 256),
+    ):
+        # The columns' lengths: PostgreSQL enforces them, so they are checked here on every database.
+        if len(value) > limit:
+            raise InvalidInputError(f"audit event {field_name} is {len(value)} characters long; the limit is {limit}")
     if session.get_bind().dialect.name == "postgresql":
         # Read the head and append under one lock, held to the commit: two writers never link to the same
         # head. The insert guard trigger takes the same lock; taking it first here avoids a lock upgrade.
