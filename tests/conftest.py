@@ -66,16 +66,16 @@ def database_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def database_url(database_backend: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None for SQLite (the file in the data dir); on PostgreSQL, an empty database dropped after the test."""
+    """None for SQLite (the file in the data dir); on PostgreSQL, an empty schema dropped after the test."""
     if database_backend == "sqlite":
         yield None
         return
     server: PostgresServer = request.getfixturevalue("postgres")
-    name = server.create_database()
+    schema = server.create_schema()
     try:
-        yield server.url(name)
+        yield server.url(schema)
     finally:
-        server.drop_database(name)
+        server.drop_schema(schema)
 
 
 @pytest.fixture

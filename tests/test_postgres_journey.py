@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.postgres import PostgresServer
+from lab.postgres import DATABASE, PostgresServer
 from thingward.device.client import Device, DeviceConnectError
 from thingward.device.enroll import enroll
 
@@ -35,7 +35,7 @@ class Served:
     mqtt_port: int
     api: str
     ca: Path
-    database: str
+    schema: str
 
 
 def _cli(served_env: dict[str, str], data_dir: Path, *args: str) -> dict:
@@ -72,13 +72,13 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.fixture
 def served(postgres: PostgresServer, tmp_path: Path) -> Iterator[Served]:
-    database = postgres.create_database()
+    schema = postgres.create_schema()
     env = {**os.environ, **postgres.client_env()}
     env.pop("THINGWARD_DATABASE_URL", None)
     data_dir = tmp_path / "data"
     process: subprocess.Popen[str] | None = None
     try:
-        _cli(env, data_dir, "init", "--database-url", postgres.url(database, with_password=False))
+        _cli(env, data_dir, "init", "--database-url", postgres.url(schema, with_password=False))
         process = subprocess.Popen(
             [*THINGWARD, "serve", "--data-dir", str(data_dir), "--mqtt-port", "0", "--http-port", "0", "--json"],
             stdout=subprocess.PIPE,
@@ -88,7 +88,7 @@ def served(postgres: PostgresServer, tmp_path: Path) -> Iterator[Served]:
         )
         endpoints = json.loads(_read_line(process, 30))
         host, port = endpoints["mqtt"].removeprefix("mqtts://").rsplit(":", 1)
-        yield Served(data_dir, env, host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), database)
+        yield Served(data_dir, env, host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), schema)
     finally:
         if process is not None:
             process.send_signal(signal.SIGINT)
@@ -100,11 +100,11 @@ def served(postgres: PostgresServer, tmp_path: Path) -> Iterator[Served]:
             for stream in (process.stdout, process.stderr):
                 if stream is not None:
                     stream.close()
-        postgres.drop_database(database)
+        postgres.drop_schema(schema)
 
 
-def _stored_in_postgres(postgres: PostgresServer, database: str, thing: str) -> list[str]:
-    with postgres.admin(database) as conn:
+def _stored_in_postgres(postgres: PostgresServer, schema: str, thing: str) -> list[str]:
+    with postgres.admin(DATABASE, schema) as conn:
         rows = conn.execute(
             "SELECT m.topic FROM messages m JOIN things t ON t.id = m.thing_id WHERE t.name = %s ORDER BY m.id",
             (thing,),
@@ -116,7 +116,7 @@ def test_init_and_serve_on_postgresql_enroll_publish_store_revoke(
     served: Served, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     config = (served.data_dir / "thingward.toml").read_text()
-    assert f"/{served.database}" in config and postgres.password not in config
+    assert f"search_path%3D{served.schema}" in config and postgres.password not in config
     assert not (served.data_dir / "thingward.db").exists()  # nothing went to SQLite
 
     token = _cli(served.env, served.data_dir, "device", "add", "cam1")["enrollment_token"]
@@ -126,8 +126,8 @@ def test_init_and_serve_on_postgresql_enroll_publish_store_revoke(
     try:
         device.publish_telemetry({"temperature_c": 41.5}).wait_for_publish(5)
         device.publish_event("motion", {"zone": "front door"}).wait_for_publish(5)
-        assert _wait_for(lambda: len(_stored_in_postgres(postgres, served.database, "cam1")) == 2, 10)
-        assert _stored_in_postgres(postgres, served.database, "cam1") == [
+        assert _wait_for(lambda: len(_stored_in_postgres(postgres, served.schema, "cam1")) == 2, 10)
+        assert _stored_in_postgres(postgres, served.schema, "cam1") == [
             "things/cam1/telemetry",
             "things/cam1/events/motion",
         ]

@@ -72,7 +72,8 @@ def test_moving_a_subtree_respects_depth(platform: Platform) -> None:
 def _everything_stored(platform: Platform, request: pytest.FixtureRequest) -> bytes:
     """The database's bytes: the SQLite file, or a pg_dump of the PostgreSQL database."""
     if platform.db.dialect == "postgresql":
-        return request.getfixturevalue("postgres").dump(platform.db.engine.url.database)
+        schema = str(platform.db.engine.url.query["options"]).removeprefix("-csearch_path=")
+        return request.getfixturevalue("postgres").dump(schema)
     platform.db.dispose()
     return platform.settings.data_dir.joinpath("thingward.db").read_bytes()
 
