@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, InternalError
+from sqlalchemy.exc import DBAPIError, InternalError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from thingward.errors import ConflictError
@@ -150,3 +151,32 @@ def test_read_sessions_on_postgresql_cannot_write(platform: Platform) -> None:
         things.add_thing(session, ACTOR, "cam1")
     with platform.db.read() as session:
         assert things.get_thing(session, "cam1").name == "cam1"
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)
+def test_a_writer_stuck_elsewhere_makes_the_next_one_fail_not_hang(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("thingward.registry.db.WRITER_LOCK_TIMEOUT_MS", 300)
+    holding, release = threading.Event(), threading.Event()
+
+    def stuck_writer() -> None:
+        with platform.db.session():
+            holding.set()
+            release.wait(WAIT)
+
+    thread = threading.Thread(target=stuck_writer)
+    thread.start()
+    try:
+        assert holding.wait(WAIT)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"), platform.db.session() as session:
+            things.add_thing(session, ACTOR, "cam1")
+        assert time.monotonic() - started < 5
+        with platform.db.read() as session:  # readers never wait for the writer
+            assert things.list_things(session) == []
+    finally:
+        release.set()
+        thread.join(WAIT)
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key of the registry's writers: any constant of ours, the bytes of "thingwrd".
 WRITER_LOCK_KEY = int.from_bytes(b"thingwrd", "big") & 0x7FFF_FFFF_FFFF_FFFF
+WRITER_LOCK_TIMEOUT_MS = 10_000  # how long a writer waits for another, as SQLite's busy_timeout below
 CONNECT_TIMEOUT_SECONDS = 10
 SUPPORTED = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE"
 
@@ -61,7 +62,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Without it, INSERT OR REPLACE deletes rows without firing the audit log's DELETE trigger.
     cursor.execute("PRAGMA recursive_triggers=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={WRITER_LOCK_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -130,6 +131,11 @@ class Database:
         """
         with self._sessions() as session, session.begin():
             if self.dialect == "postgresql":
+                # As SQLite's busy_timeout: a writer stuck elsewhere makes us fail after a while, not hang.
+                session.execute(
+                    text("SELECT set_config('lock_timeout', :timeout, true)"),
+                    {"timeout": f"{WRITER_LOCK_TIMEOUT_MS}ms"},
+                )
                 session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER_LOCK_KEY})
             yield session
 
