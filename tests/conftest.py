@@ -58,6 +58,13 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(str(e))
 
 
+@pytest.fixture(autouse=True)
+def _database_chosen_by_the_tests_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A THINGWARD_DATABASE_URL in the shell running pytest would win over every test's own database.
+    monkeypatch.delenv("THINGWARD_DATABASE_URL", raising=False)
+    monkeypatch.delenv("THINGWARD_DATABASE__URL", raising=False)
+
+
 @pytest.fixture
 def database_backend(request: pytest.FixtureRequest) -> str:
     """sqlite, or postgresql for a test marked both_databases in its PostgreSQL run."""
@@ -70,6 +77,8 @@ def database_url(database_backend: str, request: pytest.FixtureRequest) -> Itera
     if database_backend == "sqlite":
         yield None
         return
+    if "postgresql" not in request.config.getoption("--databases"):
+        pytest.skip("PostgreSQL not chosen (--databases)")
     server: PostgresServer = request.getfixturevalue("postgres")
     schema = server.create_schema()
     try:

@@ -15,12 +15,6 @@ from thingward.platform import Platform, init_data_dir
 from thingward.registry.db import display_url, parse_database_url
 
 
-@pytest.fixture(autouse=True)
-def _no_database_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("THINGWARD_DATABASE_URL", raising=False)
-    monkeypatch.delenv("THINGWARD_DATABASE__URL", raising=False)
-
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
