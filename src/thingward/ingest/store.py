@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from thingward.broker.base import InboundMessage
@@ -57,33 +57,33 @@ def store_messages(session: Session, messages: Sequence[StoredMessage], retentio
         name: tid for name, tid in session.execute(select(Thing.name, Thing.id).where(Thing.name.in_(names)))
     }
     rows = [
-        Message(
-            thing_id=ids[m.thing],
-            topic=m.topic,
-            kind=m.kind,
-            event_type=m.event_type,
-            payload=m.payload,
-            received_at=m.received_at,
-        )
+        {
+            "thing_id": ids[m.thing],
+            "topic": m.topic,
+            "kind": m.kind,
+            "event_type": m.event_type,
+            "payload": m.payload,
+            "received_at": m.received_at,
+        }
         for m in messages
         if m.thing in ids
     ]
-    session.add_all(rows)
-    session.flush()
-    for thing_id in {r.thing_id for r in rows}:
-        cutoff = session.execute(
-            select(Message.id)
-            .where(Message.thing_id == thing_id)
-            .order_by(Message.id.desc())
-            .offset(retention_per_thing)
-            .limit(1)
-        ).scalar()
-        if cutoff is not None:
-            session.execute(delete(Message).where(Message.thing_id == thing_id, Message.id <= cutoff))
+    if not rows:
+        return 0
+    # Set-based: a few statements per batch whatever the number of things, since every statement is a
+    # round trip to a PostgreSQL server (SQLite gains too).
+    session.execute(insert(Message), rows)
+    touched = sorted({ids[m.thing] for m in messages if m.thing in ids})
+    newest_first = (
+        select(Message.id, func.row_number().over(partition_by=Message.thing_id, order_by=Message.id.desc()).label("n"))
+        .where(Message.thing_id.in_(touched))
+        .subquery()
+    )
+    session.execute(
+        delete(Message).where(Message.id.in_(select(newest_first.c.id).where(newest_first.c.n > retention_per_thing)))
+    )
     last_seen = max(m.received_at for m in messages)
-    for name in names:
-        if name in ids:
-            session.get(Thing, ids[name]).last_seen_at = last_seen  # type: ignore[union-attr]
+    session.execute(update(Thing).where(Thing.id.in_(touched)).values(last_seen_at=last_seen))
     return len(rows)
 
 
