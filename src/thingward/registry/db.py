@@ -115,11 +115,8 @@ class Database:
         self.dialect = self.engine.dialect.name
         info = {"audit_key": audit_key}
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
-        read_options: dict[str, Any] = {"thingward_read_only": True}
-        if self.dialect == "postgresql":
-            read_options["postgresql_readonly"] = True
         self._read_sessions = sessionmaker(
-            self.engine.execution_options(**read_options), expire_on_commit=False, info=info
+            self.engine.execution_options(thingward_read_only=True), expire_on_commit=False, info=info
         )
 
     @contextmanager
@@ -143,6 +140,10 @@ class Database:
     def read(self) -> Iterator[Session]:
         """A session for reading only: it takes no write lock, so readers never wait for writers."""
         with self._read_sessions() as session, session.begin():
+            if self.dialect == "postgresql":
+                # For this transaction only: one statement, where a connection-level setting costs a
+                # round trip to set and another to reset on every checkout.
+                session.execute(text("SET TRANSACTION READ ONLY"))
             yield session
 
     def dispose(self) -> None:
