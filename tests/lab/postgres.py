@@ -1,4 +1,4 @@
-"""A private PostgreSQL server for the test session, and a fresh database for every test that asks for one.
+"""A private PostgreSQL server for the test session, and an empty database (a schema) for each test that asks.
 
 How a storage test runs on both databases (SQLite and PostgreSQL):
 - mark it: `pytestmark = pytest.mark.both_databases` at the top of the module, or the marker on one test;
@@ -8,7 +8,8 @@ How a storage test runs on both databases (SQLite and PostgreSQL):
 The test then runs twice, `[sqlite]` and `[postgresql]`; `database_backend` says which one is running.
 `pytest --databases sqlite` (or `postgresql`) runs only one of them. Unmarked tests use SQLite only. A test
 for PostgreSQL alone: `@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)`.
-A test that needs the server itself (several databases, `pg_dump`) takes the session fixture `postgres`.
+A test that needs the server itself (more schemas, `pg_dump`, a raw connection) takes the session fixture
+`postgres`. A new migration is run up, down and up again on both by tests/registry/test_migrations.py.
 
 The server: `initdb` into a temp dir, `postgres` on 127.0.0.1 at a free port with its unix socket in that
 dir, a superuser of its own with a random password (scram-sha-256, nothing shared or default), durability
