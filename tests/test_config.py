@@ -48,3 +48,16 @@ def test_unknown_environment_setting_is_an_error(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("THINGWARD_MQTT__PROT", "1")
     with pytest.raises(ConfigError, match="names no setting"):
         load_settings(tmp_path)
+
+
+def test_database_url_from_file_then_either_environment_spelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("THINGWARD_DATABASE_URL", raising=False)
+    monkeypatch.delenv("THINGWARD_DATABASE__URL", raising=False)
+    (tmp_path / "thingward.toml").write_text('[database]\nurl = "postgresql://a@db/file"\n')
+    assert load_settings(tmp_path).database_url == "postgresql://a@db/file"
+    monkeypatch.setenv("THINGWARD_DATABASE__URL", "postgresql://a@db/section")
+    assert load_settings(tmp_path).database_url == "postgresql://a@db/section"
+    monkeypatch.setenv("THINGWARD_DATABASE_URL", "postgresql://a@db/alias")  # the spelling wins
+    assert load_settings(tmp_path).database_url == "postgresql://a@db/alias"

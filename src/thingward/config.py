@@ -1,12 +1,15 @@
 """Settings from `thingward.toml` in the data dir, overridden by environment variables.
 
 An environment variable `THINGWARD_<SECTION>__<KEY>` overrides `[section] key` (for example
-`THINGWARD_MQTT__PORT=8884`); `THINGWARD_DATABASE_URL` overrides the database URL.
+`THINGWARD_MQTT__PORT=8884`). The database URL is `[database] url`, else SQLite in the data dir; the
+environment overrides it with `THINGWARD_DATABASE__URL` (the general rule) or `THINGWARD_DATABASE_URL`
+(the common spelling; it wins when both are set).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 from thingward.errors import ConfigError
 
 DATA_DIR_ENV = "THINGWARD_DATA_DIR"
+DATABASE_URL_ENV = "THINGWARD_DATABASE_URL"
 DEFAULT_DATA_DIR = "thingward-data"
 CONFIG_FILE = "thingward.toml"
 
@@ -149,12 +153,17 @@ class Settings:
 
     @property
     def database_url(self) -> str:
-        env = os.environ.get("THINGWARD_DATABASE_URL")
+        env = os.environ.get(DATABASE_URL_ENV)
         if env:
             return env
         if self.database.url:
             return self.database.url
-        return f"sqlite:///{self.data_dir / 'thingward.db'}"
+        return default_database_url(self.data_dir)
+
+
+def default_database_url(data_dir: Path) -> str:
+    """SQLite in the data dir: the database when nothing else is configured."""
+    return f"sqlite:///{data_dir / 'thingward.db'}"
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -233,9 +242,17 @@ def load_settings(data_dir: str | Path | None = None) -> Settings:
     return Settings(data_dir=root, **sections)
 
 
-def render_default_config(hostnames: tuple[str, ...], ca_passphrase_env: str) -> str:
+def render_default_config(hostnames: tuple[str, ...], ca_passphrase_env: str, database_url: str = "") -> str:
     """The `thingward.toml` that `init` writes: every setting with its default, so it is discoverable."""
     hosts = ", ".join(f'"{h}"' for h in hostnames)
+    if database_url:
+        # A JSON string is a valid TOML basic string: the URL is quoted and escaped, whatever it holds.
+        database = f"url = {json.dumps(database_url)}"
+    else:
+        database = (
+            '# url = "postgresql://thingward@localhost/thingward"   # default: SQLite in the data dir; '
+            "a password is best left to PGPASSWORD or ~/.pgpass"
+        )
     return f"""# thingward configuration. Environment variables THINGWARD_<SECTION>__<KEY> override these.
 
 [server]
@@ -268,7 +285,7 @@ stale_days = 30
 onboarding_max_minutes = 15
 
 [database]
-# url = "postgresql+psycopg://thingward@localhost/thingward"   # default: SQLite in the data dir
+{database}
 
 [accounts]
 signup = "invite"                 # or "open"

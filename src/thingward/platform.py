@@ -15,14 +15,31 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from thingward.config import CONFIG_FILE, Settings, load_settings, render_default_config, resolve_data_dir
+from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
+
+from thingward.config import (
+    CONFIG_FILE,
+    Settings,
+    default_database_url,
+    load_settings,
+    render_default_config,
+    resolve_data_dir,
+)
 from thingward.errors import ConfigError, EnrollmentRefusedError, PkiError
 from thingward.pki import ca as ca_mod
 from thingward.pki.files import write_atomic, write_secret
 from thingward.policy.document import DEFAULT_POLICY
 from thingward.registry import certificates, policies, things
 from thingward.registry.audit_log import Actor, record_event
-from thingward.registry.db import Database, upgrade_database
+from thingward.registry.db import (
+    Database,
+    database_error,
+    display_url,
+    make_engine,
+    parse_database_url,
+    upgrade_database,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +88,58 @@ def _ca_passphrase(env_name: str) -> bytes | None:
     return value.encode()
 
 
+def _refuse_unusable_database(url: str) -> None:
+    """Before anything is written: the database must be reachable and hold no tables yet.
+
+    A registry left from another data dir was chained with another audit key; joining it would make its
+    history unverifiable, so init refuses instead.
+    """
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+    except OperationalError as e:
+        raise ConfigError(f"cannot use the database {display_url(parsed)}: {database_error(e)}") from None
+    finally:
+        engine.dispose()
+    if tables:
+        raise ConfigError(
+            f"the database {display_url(parsed)} is not empty (it has {', '.join(sorted(tables)[:5])}...): "
+            "init needs an empty database, or a thingward registry is there already"
+        )
+
+
 def init_data_dir(
-    data_dir: str | Path | None, hostnames: tuple[str, ...] = (), ca_passphrase_env: str = ""
+    data_dir: str | Path | None,
+    hostnames: tuple[str, ...] = (),
+    ca_passphrase_env: str = "",
+    database_url: str | None = None,
 ) -> InitResult:
-    """Create a data dir: CA, server certificate, database, config, the default group and policy."""
+    """Create a data dir: CA, server certificate, database, config, the default group and policy.
+
+    `database_url` (PostgreSQL, say) is written into the config; without it the database is the one the
+    environment names (`THINGWARD_DATABASE_URL`), else SQLite in the data dir.
+    """
     root = resolve_data_dir(data_dir)
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} exists and is not empty; refusing to overwrite a data dir")
     passphrase = _ca_passphrase(ca_passphrase_env)
+    from_environment = load_settings(root).database_url  # the data dir has no config yet: env or default
+    if database_url:
+        database_url = parse_database_url(database_url).render_as_string(hide_password=False)
+        if from_environment != default_database_url(root) and from_environment != database_url:
+            raise ConfigError(
+                "the environment names another database (THINGWARD_DATABASE_URL or THINGWARD_DATABASE__URL), "
+                "and it would win over --database-url at every start: unset it, or leave out --database-url"
+            )
+    _refuse_unusable_database(database_url or from_environment)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)
-    # The config may come to hold a database URL with a password: owner-only, like the keys.
-    write_secret(root / CONFIG_FILE, render_default_config(hostnames, ca_passphrase_env).encode())
+    # The config may hold a database URL with a password: owner-only, like the keys.
+    write_secret(root / CONFIG_FILE, render_default_config(hostnames, ca_passphrase_env, database_url or "").encode())
     write_secret(root / AUDIT_KEY_FILE, secrets.token_bytes(32))
     settings = load_settings(root)
     pki_dir = settings.pki_dir
@@ -91,7 +148,7 @@ def init_data_dir(
     write_secret(pki_dir / ca_mod.SERVER_KEY_FILE, ca_mod.private_key_pem(key))
     write_atomic(pki_dir / ca_mod.SERVER_CERT_FILE, ca_mod.certificate_pem(cert))
     write_atomic(pki_dir / ca_mod.CRL_FILE, ca_mod.crl_pem(ca_mod.build_crl(authority, [])))
-    if settings.database_url == f"sqlite:///{root / 'thingward.db'}":
+    if settings.database_url == default_database_url(root):
         _create_private_file(root / "thingward.db")
     db = Database(settings.database_url, _load_audit_key(root))
     try:
@@ -108,7 +165,7 @@ def init_data_dir(
         data_dir=root,
         ca_certificate=pki_dir / ca_mod.CA_CERT_FILE,
         config_file=root / CONFIG_FILE,
-        database_url=settings.database_url,
+        database_url=display_url(settings.database_url),
     )
 
 

@@ -28,6 +28,8 @@ from thingward.registry.models import EnrollmentToken
 
 ACTOR = Actor("test", "pytest")
 
+pytestmark = pytest.mark.both_databases
+
 
 def _add(platform: Platform, name: str, ttl: dt.timedelta = dt.timedelta(hours=1)) -> str:
     with platform.db.session() as session:

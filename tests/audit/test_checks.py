@@ -120,10 +120,12 @@ def test_gate_and_report() -> None:
     assert report["checks"][0]["id"] == "PLAINTEXT_LISTENER"  # failures first
 
 
-def test_cli_audit_on_a_real_data_dir(tmp_path: Path) -> None:
+@pytest.mark.both_databases
+def test_cli_audit_on_a_real_data_dir(tmp_path: Path, database_url: str | None) -> None:
     runner = CliRunner()
     data = str(tmp_path / "d")
-    assert runner.invoke(app, ["init", "--data-dir", data]).exit_code == 0
+    database = ["--database-url", database_url] if database_url else []
+    assert runner.invoke(app, ["init", "--data-dir", data, *database]).exit_code == 0
     out = runner.invoke(app, ["audit", "--data-dir", data, "--json"])
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)

@@ -19,9 +19,12 @@ def run(data_dir: Path, *args: str, code: int = 0) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+pytestmark = pytest.mark.both_databases
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    out = run(tmp_path / "d", "init")
+def data_dir(tmp_path: Path, database_url: str | None) -> Path:
+    out = run(tmp_path / "d", "init", *(["--database-url", database_url] if database_url else []))
     assert out == {
         "data_dir": str((tmp_path / "d").resolve()),
         "ca_certificate": str((tmp_path / "d").resolve() / "pki" / "ca.crt"),

@@ -10,6 +10,8 @@ from thingward.platform import Platform
 from thingward.registry import things
 from thingward.registry.audit_log import Actor
 
+pytestmark = pytest.mark.both_databases
+
 
 def _msg(thing: str, topic: str, payload: bytes = b"{}") -> InboundMessage:
     return InboundMessage(thing=thing, topic=topic, payload=payload, qos=1, retain=False)
@@ -54,3 +56,20 @@ def test_messages_of_unknown_things_are_skipped(platform: Platform) -> None:
     assert stored is not None
     with platform.db.session() as session:
         assert store_messages(session, [stored], retention_per_thing=10) == 0
+
+
+def test_retention_trims_older_batches_and_leaves_other_things_alone(platform: Platform) -> None:
+    actor = Actor("test", "pytest")
+    with platform.db.session() as session:
+        things.add_thing(session, actor, "cam1")
+        things.add_thing(session, actor, "cam2")
+    for start in (0, 8, 16):  # three batches of 8 for cam1, one message for cam2 in the first
+        batch = [classify(_msg("cam1", "things/cam1/telemetry", str(i).encode())) for i in range(start, start + 8)]
+        if start == 0:
+            batch.append(classify(_msg("cam2", "things/cam2/events/motion", b"kept")))
+        with platform.db.session() as session:
+            store_messages(session, [m for m in batch if m], retention_per_thing=10)
+    with platform.db.read() as session:
+        cam1 = things.get_thing(session, "cam1")
+        assert [m.payload for m in recent_messages(session, cam1, 20)] == [str(i).encode() for i in range(23, 13, -1)]
+        assert [m.payload for m in recent_messages(session, things.get_thing(session, "cam2"))] == [b"kept"]

@@ -234,6 +234,7 @@ def test_token_is_stored_only_as_hash_and_never_in_audit_log(platform: Platform)
     assert secret.encode() not in blob
 
 
+@pytest.mark.both_databases
 def test_racing_enrollments_with_one_token_issue_one_certificate(api) -> None:
     token = _add(api.platform, "cam1")
     n = 8
@@ -251,6 +252,7 @@ def test_racing_enrollments_with_one_token_issue_one_certificate(api) -> None:
     assert len(_certs(api.platform, "cam1")) == 1
 
 
+@pytest.mark.both_databases
 def test_revoked_thing_cannot_reenroll_with_outstanding_token(platform: Platform) -> None:
     """An operator revokes a compromised device; a token issued before the revocation must not mint a new cert."""
     first = _add(platform, "cam1")
@@ -700,6 +702,7 @@ def test_refused_enrollment_is_audited_with_reason_not_returned(api) -> None:
     assert event.source == "ip:127.0.0.1"
 
 
+@pytest.mark.both_databases
 def test_orm_update_and_delete_of_audit_events_refused(platform: Platform) -> None:
     for statement in (
         update(AuditEvent).values(actor="mallory"),
@@ -744,6 +747,7 @@ def test_insert_or_replace_cannot_rewrite_audit_history(platform: Platform) -> N
         assert session.get(AuditEvent, 1).actor != "cli:mallory"  # type: ignore[union-attr]
 
 
+@pytest.mark.both_databases
 def test_concurrent_writers_cannot_fork_the_audit_chain(platform: Platform) -> None:
     writers, per_writer = 6, 5
     with platform.db.read() as session:

@@ -15,6 +15,8 @@ from thingward.platform import Platform
 from thingward.registry import device_state, things
 from thingward.registry.audit_log import Actor, list_events
 
+pytestmark = pytest.mark.both_databases
+
 ACTOR = Actor("test", "pytest")
 GOOD = {
     "firmware": {"model": "cam-x", "version": "1.2.0"},

@@ -11,9 +11,11 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
 from thingward.errors import ThingwardError
 from thingward.platform import Platform
+from thingward.registry.db import database_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,9 +63,25 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except ThingwardError as e:
             raise fail(str(e), bool(kwargs.get("as_json"))) from None
+        except OperationalError as e:  # the database is down, unreachable, or refused our credentials
+            raise fail(f"the database failed: {database_error(e)}", bool(kwargs.get("as_json"))) from None
+        finally:
+            _close_opened_platforms()
 
     return wrapper
 
 
+# Platforms a command opened; closed when it ends, so no database connection outlives the command.
+_opened: list[Platform] = []
+
+
+def _close_opened_platforms() -> None:
+    while _opened:
+        _opened.pop().close()
+
+
 def open_platform(data_dir: Path | None) -> Platform:
-    return Platform.open(data_dir)
+    """The data dir's platform, closed by `handle_errors` when the command returns or fails."""
+    platform = Platform.open(data_dir)
+    _opened.append(platform)
+    return platform

@@ -62,10 +62,20 @@ def init(
         str,
         typer.Option("--ca-passphrase-env", help="Encrypt the CA key with the passphrase in this env var."),
     ] = "",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="The registry database, e.g. postgresql://thingward@db.example/thingward (an empty database; "
+            "a password is best left to PGPASSWORD or ~/.pgpass). Written to thingward.toml. "
+            "[default: $THINGWARD_DATABASE_URL, else SQLite in the data dir]",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a data dir: own CA, server certificate, database, config, default group and policy."""
-    result = init_data_dir(data_dir, tuple(hostname or ()), ca_passphrase_env)
+    result = init_data_dir(data_dir, tuple(hostname or ()), ca_passphrase_env, database_url)
     emit(as_json, {"data_dir": str(result.data_dir), "ca_certificate": str(result.ca_certificate)})
 
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from thingward.errors import ConfigError
+from thingward.errors import ConfigError, InvalidInputError
 from thingward.registry.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -60,6 +60,19 @@ def record_event(
     session: Session, actor: Actor, action: str, target: str, detail: Mapping[str, Any] | None = None
 ) -> AuditEvent:
     """Append an event in the caller's transaction, so the change and its record commit together."""
+    for field_name, value, limit in (
+        ("actor", actor.name, 128),
+        ("source", actor.source, 128),
+        ("action", action, 64),
+        ("target", target, 256),
+    ):
+        # The columns' lengths: PostgreSQL enforces them, so they are checked here on every database.
+        if len(value) > limit:
+            raise InvalidInputError(f"audit event {field_name} is {len(value)} characters long; the limit is {limit}")
+    if session.get_bind().dialect.name == "postgresql":
+        # Read the head and append under one lock, held to the commit: two writers never link to the same
+        # head. The insert guard trigger takes the same lock; taking it first here avoids a lock upgrade.
+        session.execute(text("LOCK TABLE audit_events IN SHARE ROW EXCLUSIVE MODE"))
     last = session.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).scalar()
     prev_hash = last or GENESIS
     at = dt.datetime.now(dt.UTC).replace(microsecond=0)

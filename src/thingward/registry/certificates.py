@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from thingward.errors import EnrollmentRefusedError, NotFoundError
+from thingward.errors import EnrollmentRefusedError, InvalidInputError, NotFoundError
 from thingward.pki.ca import (
     CertificateAuthority,
     certificate_pem,
@@ -23,6 +23,7 @@ from thingward.registry.audit_log import Actor, record_event
 from thingward.registry.models import Certificate, EnrollmentToken, Thing
 from thingward.registry.things import get_thing, token_digest
 
+MAX_REASON_LENGTH = 64  # the column's length: PostgreSQL enforces it, so it is checked first on every database
 REFUSED = "enrollment refused: the token is unknown, already used, expired, or not for this device"
 
 
@@ -110,6 +111,10 @@ def _why(row: EnrollmentToken | None, now: dt.datetime) -> str:
 
 def revoke_thing_certificates(session: Session, actor: Actor, name: str, reason: str = "unspecified") -> list[str]:
     """Revoke every active certificate of a thing; returns their serials (hex)."""
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInputError(
+            f"the revocation reason is {len(reason)} characters long; the limit is {MAX_REASON_LENGTH}"
+        )
     thing = get_thing(session, name)
     now = dt.datetime.now(dt.UTC)
     active = (

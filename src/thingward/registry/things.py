@@ -25,6 +25,7 @@ from thingward.registry.models import (
 
 MAX_GROUP_DEPTH = 7
 MAX_ATTRIBUTES = 50
+MAX_DESCRIPTION_LENGTH = 512  # the column's length: PostgreSQL enforces it, so it is checked first everywhere
 DEFAULT_GROUP = "default"
 # An enrollment token is "<thing name>.<secret>": the device learns its name from it; only the hash is stored.
 TOKEN_SECRET_BYTES = 32
@@ -69,6 +70,10 @@ def add_group(
     session: Session, actor: Actor, name: str, parent: str | None = None, description: str = ""
 ) -> ThingGroup:
     validate_name(name, "group")
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInputError(
+            f"the group description is {len(description)} characters long; the limit is {MAX_DESCRIPTION_LENGTH}"
+        )
     if session.execute(select(ThingGroup.id).where(ThingGroup.name == name)).first():
         raise ConflictError(f"thing group {name!r} exists already")
     parent_group = get_group(session, parent) if parent else None
