@@ -119,12 +119,15 @@ def verify_audit_chain(session: Session) -> int | None:
         AuditEvent.hash,
     )
     # Rows, not ORM objects, streamed: the chain of a large fleet has hundreds of thousands of events.
-    rows = session.connection().execute(select(*columns).order_by(AuditEvent.id).execution_options(yield_per=10_000))
-    for event_id, at, actor, source, action, target, detail, event_prev, event_hash in rows:
-        expected = _event_hash(key, prev_hash, at, actor, source, action, target, detail)
-        if event_prev != prev_hash or event_hash != expected:
-            return int(event_id)
-        prev_hash = event_hash
+    # Closed on every way out: an early return must not leave a server-side cursor open on PostgreSQL.
+    with session.connection().execute(
+        select(*columns).order_by(AuditEvent.id).execution_options(yield_per=10_000)
+    ) as rows:
+        for event_id, at, actor, source, action, target, detail, event_prev, event_hash in rows:
+            expected = _event_hash(key, prev_hash, at, actor, source, action, target, detail)
+            if event_prev != prev_hash or event_hash != expected:
+                return int(event_id)
+            prev_hash = event_hash
     return None
 
 
