@@ -13,19 +13,24 @@ runs whose process is gone. `Lab.close` stops every process and deletes every na
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PREFIX = "twlab"
 SUBNET = "10.231.7"  # the lab's /24, inside the namespaces only
 SCANNER_ADDRESS = f"{SUBNET}.1"
 WAIT = 10.0  # seconds: the bound on every wait for a lab service to come up
+SCAN_TIMEOUT = 120  # seconds for one scanner or nmap run in the lab
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -262,7 +267,9 @@ def build_home_lab(lab: Lab) -> HomeLab:
         camera, ["busybox", "telnetd", "-F", "-p", "23", "-b", camera.address, "-l", str(login)], "telnetd", *files
     )
     anonymous = work / "camera-mosquitto.conf"
-    anonymous.write_text(f"listener 1883 {camera.address}\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
+    anonymous.write_text(
+        f"listener 1883 {camera.address}\nallow_anonymous true\npersistence false\nlog_dest stderr\nuser root\n"
+    )
     lab.start(camera, ["mosquitto", "-c", str(anonymous)], "mosquitto")
 
     # hub: openssh-server with password logins, its own host key and the lab's accounts
@@ -289,18 +296,38 @@ def build_home_lab(lab: Lab) -> HomeLab:
     password_file = work / "clean-passwords"
     strong = os.urandom(18).hex()
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(password_file), "sensor", strong], check=True, timeout=30)
-    # mosquitto drops root for its own user: it must still read these
-    for path in (key_file, password_file):
-        path.chmod(0o644)
-    work.chmod(0o755)
     clean_conf = work / "clean-mosquitto.conf"
     clean_conf.write_text(
         f"listener 8883 {clean.address}\nallow_anonymous false\npassword_file {password_file}\n"
         f"certfile {cert_file}\nkeyfile {key_file}\ncafile {ca_file}\ntls_version tlsv1.2\n"
-        "persistence false\nlog_dest stderr\n"
+        "persistence false\nlog_dest stderr\nuser root\n"
     )
     lab.start(clean, ["mosquitto", "-c", str(clean_conf)], "mosquitto")
 
     for host, port in ((camera, 23), (camera, 1883), (hub, 22), (clean, 8883)):
         lab.wait_for_tcp(host, port)
     return HomeLab(lab=lab, camera=camera, hub=hub, clean=clean, ca_file=ca_file)
+
+
+def run_thingward_scan(lab: Lab, *args: str) -> dict[str, Any]:
+    """`thingward scan ... --json` as a real process inside the lab's scanner namespace."""
+    result = lab.run_in_scanner(
+        [sys.executable, "-m", "thingward.cli.main", "scan", *args, "--json"], timeout=SCAN_TIMEOUT
+    )
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"thingward scan failed ({result.returncode}): {result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def nmap_open_ports(lab: Lab, ports: str, *hosts: str, timing: str = "-T4") -> dict[str, set[int]]:
+    """Open ports per host from Debian's `nmap -sT`, run in the same namespace as our scanner."""
+    result = lab.run_in_scanner(
+        ["nmap", "-sT", timing, "-n", "-Pn", "-p", ports, "-oX", "-", *hosts], timeout=SCAN_TIMEOUT
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"nmap failed ({result.returncode}): {result.stderr}")
+    found: dict[str, set[int]] = {}
+    for host in ET.fromstring(result.stdout).iter("host"):
+        address = host.find("address").get("addr")
+        found[address] = {int(p.get("portid")) for p in host.iter("port") if p.find("state").get("state") == "open"}
+    return found

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from thingward import __version__
-from thingward.cli import audit, device, group, policy
+from thingward.cli import audit, device, group, policy, scan
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
@@ -28,6 +28,7 @@ app.add_typer(device.app, name="device")
 app.add_typer(group.app, name="group")
 app.add_typer(policy.app, name="policy")
 app.add_typer(audit.app, name="audit")
+app.command("scan")(scan.scan)
 
 
 def _version(value: bool) -> None:

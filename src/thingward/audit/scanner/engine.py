@@ -111,7 +111,7 @@ async def run_scan(
     started_at, started = dt.datetime.now(dt.UTC), time.monotonic()
 
     def say(text: str) -> None:
-        logger.info("scan: %s", text)
+        logger.debug("scan: %s", text)
         if stage is not None:
             stage(text)
 
@@ -169,6 +169,8 @@ async def run_scan(
     by_host: dict[str, list[PortResult]] = {}
     for (host, port), found, (weak, _, note) in zip(open_ports, identified, logins, strict=True):
         notes = found.notes + ((note,) if note else ())
+        if found.mqtt_anonymous and not weak:  # seen by identification itself, with or without --credentials
+            weak = (WeakCredential(found.service, "", "", anonymous=True),)
         by_host.setdefault(host, []).append(
             PortResult(port, "tcp", found.service, found.banner, found.tls, weak, notes)
         )
