@@ -39,7 +39,9 @@ def softhsm_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     util = shutil.which("softhsm2-util")
     module = _softhsm2_module()
     if util is None or module is None:
-        pytest.skip("SoftHSM2 is not installed (apt-get install softhsm2): softhsm2-util or libsofthsm2.so missing")
+        pytest.skip(
+            "SoftHSM2 is not installed (apt-get install softhsm2): softhsm2-util or libsofthsm2.so missing"
+        )
     token_dir = tmp_path / "tokens"
     token_dir.mkdir()
     conf = tmp_path / "softhsm2.conf"

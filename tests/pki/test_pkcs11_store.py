@@ -238,7 +238,10 @@ def test_tls_key_file_is_none(softhsm_token: SoftHsmToken) -> None:
 
 
 def test_from_uri_uses_the_token_and_object_it_names(softhsm_token: SoftHsmToken) -> None:
-    uri = f"pkcs11:token={softhsm_token.label};object=cam%20key;type=private?module-path={softhsm_token.module_path}"
+    uri = (
+        f"pkcs11:token={softhsm_token.label};object=cam%20key;type=private"
+        f"?module-path={softhsm_token.module_path}"
+    )
     store = Pkcs11KeyStore.from_uri(uri, softhsm_token.pin)
     assert (store.module_path, store.token_label, store.key_label) == (
         softhsm_token.module_path,
