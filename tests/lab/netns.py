@@ -211,20 +211,21 @@ def free_port_in_loopback() -> int:
 
 # The home lab of issue 5: what exists, so tests can say exactly what the scanner must find.
 CAMERA_TELNET_LOGIN = ("support", "support")  # a Mirai pair, in the scanner's shipped list
+CAMERA_WEB_LOGIN = ("admin", "password")  # busybox httpd with basic auth; a Mirai pair
 HUB_SSH_LOGIN = ("admin", "admin")  # a common vendor default, in the shipped list
 
 
 @dataclass(frozen=True)
 class HomeLab:
     lab: Lab
-    camera: LabHost  # telnetd (busybox) with a default login; anonymous mosquitto on 1883
+    camera: LabHost  # telnetd (busybox) with a default login; a web UI with basic auth; anonymous mosquitto
     hub: LabHost  # openssh-server with a user whose password is a default
     clean: LabHost  # only MQTTS on 8883, no anonymous access, a strong password
     ca_file: Path  # the lab CA that issued the clean host's certificate
 
     @property
     def expected_open_ports(self) -> dict[str, set[int]]:
-        return {self.camera.address: {23, 1883}, self.hub.address: {22}, self.clean.address: {8883}}
+        return {self.camera.address: {23, 80, 1883}, self.hub.address: {22}, self.clean.address: {8883}}
 
 
 def _hash_password(password: str) -> str:
@@ -266,6 +267,13 @@ def build_home_lab(lab: Lab) -> HomeLab:
     lab.start_with_accounts(
         camera, ["busybox", "telnetd", "-F", "-p", "23", "-b", camera.address, "-l", str(login)], "telnetd", *files
     )
+    www = work / "camera-www"
+    www.mkdir()
+    (www / "index.html").write_text("<html><body>camera</body></html>\n")
+    httpd_conf = work / "camera-httpd.conf"
+    httpd_conf.write_text("/:{}:{}\n".format(*CAMERA_WEB_LOGIN))
+    lab.start(camera, ["busybox", "httpd", "-f", "-p", f"{camera.address}:80", "-h", str(www), "-c", str(httpd_conf)],
+              "httpd")  # fmt: skip
     anonymous = work / "camera-mosquitto.conf"
     anonymous.write_text(
         f"listener 1883 {camera.address}\nallow_anonymous true\npersistence false\nlog_dest stderr\nuser root\n"
@@ -304,7 +312,7 @@ def build_home_lab(lab: Lab) -> HomeLab:
     )
     lab.start(clean, ["mosquitto", "-c", str(clean_conf)], "mosquitto")
 
-    for host, port in ((camera, 23), (camera, 1883), (hub, 22), (clean, 8883)):
+    for host, port in ((camera, 23), (camera, 80), (camera, 1883), (hub, 22), (clean, 8883)):
         lab.wait_for_tcp(host, port)
     return HomeLab(lab=lab, camera=camera, hub=hub, clean=clean, ca_file=ca_file)
 

@@ -11,6 +11,7 @@ import pytest
 
 from lab.netns import (
     CAMERA_TELNET_LOGIN,
+    CAMERA_WEB_LOGIN,
     HUB_SSH_LOGIN,
     HomeLab,
     Lab,
@@ -19,7 +20,7 @@ from lab.netns import (
     run_thingward_scan,
 )
 
-# Ports 1-2000 cover Telnet, SSH and MQTT and 2,000 refused ports per host; 8883 for MQTTS; a few
+# Ports 1-2000 cover Telnet, HTTP, SSH and MQTT and 2,000 refused ports per host; 8883 for MQTTS; a few
 # IoT ports that are closed on every lab host.
 PORTS = "1-2000,5683,8080,8443,8883,8884,9000"
 
@@ -49,6 +50,7 @@ def test_finds_exactly_the_default_logins_that_exist_and_no_others(home_lab: Hom
     services = {(h["address"], p["port"]): p["service"] for h in report["hosts"] for p in h["ports"]}
     assert services == {
         (home_lab.camera.address, 23): "telnet",
+        (home_lab.camera.address, 80): "http",
         (home_lab.camera.address, 1883): "mqtt",
         (home_lab.hub.address, 22): "ssh",
         (home_lab.clean.address, 8883): "mqtts",
@@ -61,6 +63,7 @@ def test_finds_exactly_the_default_logins_that_exist_and_no_others(home_lab: Hom
     }
     assert weak == {
         (home_lab.camera.address, 23, "telnet", *CAMERA_TELNET_LOGIN, False),
+        (home_lab.camera.address, 80, "http", *CAMERA_WEB_LOGIN, False),
         (home_lab.camera.address, 1883, "mqtt", "", "", True),
         (home_lab.hub.address, 22, "ssh", *HUB_SSH_LOGIN, False),
     }
