@@ -68,6 +68,9 @@ async def _application_probes(
                 )
         elif protocol == "http":
             reply = await exchange(host, port, _http_request(host), timeout, tls) or b""
+            if reply.startswith(b"RTSP/"):  # an RTSP server answering our HTTP request in its own protocol
+                status = printable(reply.split(b"\r\n", 1)[0])
+                return Identified(f"rtsp{suffix}", status)
             if reply.startswith(b"HTTP/"):
                 status = printable(reply.split(b"\r\n", 1)[0])
                 server = _header(reply, "server")
@@ -87,7 +90,7 @@ def _probe_order(port: int) -> list[str]:
         return ["mqtt", "http", "rtsp"]
     if port in RTSP_PORTS:
         return ["rtsp", "http", "mqtt"]
-    return ["http", "mqtt", "rtsp"]
+    return ["http", "rtsp", "mqtt"]
 
 
 async def identify(host: str, port: int, timeout: float, banner_wait: float) -> Identified:
@@ -99,10 +102,11 @@ async def identify(host: str, port: int, timeout: float, banner_wait: float) -> 
             return Identified("unknown", notes=("closed again before identification",))
         if greeting:
             return _from_banner(greeting)
-        if port in MQTT_PORTS | HTTP_PORTS | RTSP_PORTS:
-            found = await _application_probes(host, port, timeout, None, _probe_order(port))
-            if found is not None:
-                return found
+        # Plaintext probes first: a TLS server answers a plaintext request at once (an alert or a close),
+        # while a plaintext server may wait out the whole timeout on a ClientHello.
+        found = await _application_probes(host, port, timeout, None, _probe_order(port))
+        if found is not None:
+            return found
     tls = await check_tls(host, port, timeout)
     if tls is not None:
         order = ["mqtt", "http", "rtsp"] if port in (8883, 8884) else _probe_order(port)
@@ -110,10 +114,11 @@ async def identify(host: str, port: int, timeout: float, banner_wait: float) -> 
         if found is None:
             return Identified("tls", tls=tls)
         return Identified(found.service, found.banner, tls, found.notes, found.mqtt_anonymous)
-    if tls_first:
-        greeting = await exchange(host, port, None, banner_wait)
-        if greeting:
-            return _from_banner(greeting)
+    if not tls_first:
+        return Identified("unknown")
+    greeting = await exchange(host, port, None, banner_wait)
+    if greeting:
+        return _from_banner(greeting)
     found = await _application_probes(host, port, timeout, None, _probe_order(port))
     return found or Identified("unknown")
 
