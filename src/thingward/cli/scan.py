@@ -93,6 +93,9 @@ def scan(
         float, typer.Option("--timeout", min=0.05, max=30, help="Seconds to wait for each TCP connect.")
     ] = 1.0,
     rate: Annotated[float, typer.Option("--rate", min=0, help="New TCP connects per second (0: no limit).")] = 0.0,
+    probe_timeout: Annotated[
+        float, typer.Option("--probe-timeout", min=0.1, max=30, help="Seconds per identification or login probe.")
+    ] = 3.0,
     udp: Annotated[bool, typer.Option("--udp/--no-udp", help="Probe SSDP (1900), mDNS (5353), CoAP (5683).")] = True,
     allow_public: Annotated[
         bool, typer.Option("--allow-public", help="Allow targets outside loopback and the private ranges.")
@@ -110,9 +113,11 @@ def scan(
         concurrency=concurrency,
         connect_timeout=timeout,
         connect_rate=rate,
+        probe_timeout=probe_timeout,
+        banner_wait=min(1.0, probe_timeout),
         udp=udp,
         credentials=load_credentials(credentials_file) if credentials or credentials_file else (),
-        logins=LoginPolicy(max_attempts=max_attempts, rate=attempt_rate),
+        logins=LoginPolicy(max_attempts=max_attempts, rate=attempt_rate, timeout=probe_timeout),
     )
     if as_json:
         report = asyncio.run(run_scan(addresses, options))

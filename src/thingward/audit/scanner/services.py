@@ -15,6 +15,7 @@ from thingward.audit.scanner.wire import (
     mqtt_connack_code,
     mqtt_connect,
     printable,
+    talk,
     telnet_strip,
 )
 
@@ -67,7 +68,12 @@ async def _application_probes(
                     f"mqtt{suffix}", f"MQTT 3.1.1 CONNACK {code}", notes=(note,), mqtt_anonymous=anonymous
                 )
         elif protocol == "http":
-            reply = await exchange(host, port, _http_request(host), timeout, tls) or b""
+            answer = await talk(host, port, _http_request(host), timeout, tls)
+            if answer.silent and tls is None:
+                # MQTT brokers and TLS servers hang up on an HTTP request and RTSP servers answer it: a
+                # service that keeps silent will not speak to the other probes either.
+                return Identified("unknown", notes=("kept silent to an HTTP request; not probed further",))
+            reply = answer.data
             if reply.startswith(b"RTSP/"):  # an RTSP server answering our HTTP request in its own protocol
                 status = printable(reply.split(b"\r\n", 1)[0])
                 return Identified(f"rtsp{suffix}", status)

@@ -10,6 +10,7 @@ import os
 import re
 import ssl
 import warnings
+from dataclasses import dataclass
 
 READ_LIMIT = 4096  # bytes kept from any one reply
 
@@ -42,41 +43,65 @@ async def close_quietly(writer: asyncio.StreamWriter, timeout: float = 1.0) -> N
 
 async def read_some(reader: asyncio.StreamReader, timeout: float, until: bytes | None = None) -> bytes:
     """Read what arrives within `timeout` (up to READ_LIMIT); with `until`, stop as soon as it is seen."""
+    data, _ = await _read(reader, timeout, until)
+    return data
+
+
+async def _read(reader: asyncio.StreamReader, timeout: float, until: bytes | None) -> tuple[bytes, bool]:
+    """(data, whether the deadline passed with the connection still open)."""
     data = b""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
+    try:
         while len(data) < READ_LIMIT:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                return data, True
             async with asyncio.timeout(remaining):
                 chunk = await reader.read(READ_LIMIT - len(data))
             if not chunk:
-                break
+                return data, False
             data += chunk
             if until is None or until in data:
-                break
-    return data
+                return data, False
+    except TimeoutError:
+        return data, True
+    except (OSError, ssl.SSLError):
+        return data, False
+    return data, False
+
+
+@dataclass(frozen=True)
+class Reply:
+    data: bytes
+    connected: bool  # False: no connection at all
+    silent: bool  # True: connected, nothing came back, and the peer kept the connection open to the end
+
+
+async def talk(host: str, port: int, payload: bytes | None, timeout: float, tls: ssl.SSLContext | None = None) -> Reply:
+    """Connect, send `payload` (if any), and read the first reply within `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname="" if tls else None)
+    except (OSError, TimeoutError, ssl.SSLError, EOFError):
+        return Reply(b"", connected=False, silent=False)
+    try:
+        if payload:
+            writer.write(payload)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.drain()
+        data, open_at_deadline = await _read(reader, timeout, None)
+        return Reply(data, connected=True, silent=not data and open_at_deadline)
+    finally:
+        await close_quietly(writer)
 
 
 async def exchange(
     host: str, port: int, payload: bytes | None, timeout: float, tls: ssl.SSLContext | None = None
 ) -> bytes | None:
     """Connect, send `payload` (if any), return the first reply (b"" if none in time); None if no connection."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname="" if tls else None)
-    except (OSError, TimeoutError, ssl.SSLError, EOFError):
-        return None
-    try:
-        if payload:
-            writer.write(payload)
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.drain()
-        return await read_some(reader, timeout)
-    finally:
-        await close_quietly(writer)
+    reply = await talk(host, port, payload, timeout, tls)
+    return reply.data if reply.connected else None
 
 
 # --- MQTT 3.1.1 -------------------------------------------------------------------------------------
