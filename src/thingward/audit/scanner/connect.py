@@ -72,62 +72,82 @@ class _Shard:
             self.errors += 1
 
     def run(self) -> None:
+        # One hot loop, kept in one piece, with the names it uses bound to locals (measurably faster).
         epoll = select.epoll()
+        register, poll = epoll.register, epoll.poll
+        new_socket, stream = _socket.socket, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK
+        sol_socket, so_error, refused, in_progress = (
+            _socket.SOL_SOCKET,
+            _socket.SO_ERROR,
+            errno.ECONNREFUSED,
+            errno.EINPROGRESS,
+        )
+        answered, record, monotonic = self.answered, self._record, time.monotonic
         pending: dict[int, tuple[_socket.socket, str, int, float]] = {}
-        jobs, next_job, finished = self.jobs, 0, 0
-        next_slot = time.monotonic()
+        jobs, next_job, finished, probes = self.jobs, 0, 0, 0
+        concurrency, interval = self.concurrency, self.interval
+        next_slot = monotonic()
         try:
             while (next_job < len(jobs) or pending) and not self.stop.is_set():
-                now = time.monotonic()
+                now = monotonic()
                 deadline = now + self.timeout
-                while next_job < len(jobs) and len(pending) < self.concurrency:
-                    if self.interval:
+                while next_job < len(jobs) and len(pending) < concurrency:
+                    if interval:
                         if next_slot > now:
                             break
-                        next_slot = max(next_slot, now - 1.0) + self.interval
+                        next_slot = max(next_slot, now - 1.0) + interval
                     address, version, port = jobs[next_job]
                     next_job += 1
-                    family = _socket.AF_INET6 if version == 6 else _socket.AF_INET
                     try:
-                        sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+                        sock = new_socket(_socket.AF_INET6 if version == 6 else _socket.AF_INET, stream)
                     except OSError as e:
-                        self._record(address, port, e.errno or errno.EMFILE)
+                        record(address, port, e.errno or errno.EMFILE)
                         finished += 1
                         continue
-                    self.probes += 1
+                    probes += 1
                     err = sock.connect_ex((address, port))
-                    if err in _IN_PROGRESS:
+                    if err == in_progress or err in _IN_PROGRESS:
                         fd = sock.fileno()
                         pending[fd] = (sock, address, port, deadline)
-                        epoll.register(fd, _WATCH)
+                        register(fd, _WATCH)
+                        continue
+                    sock.close()
+                    finished += 1
+                    if err == refused:
+                        answered.add(address)
                     else:
-                        sock.close()
-                        self._record(address, port, err)
-                        finished += 1
+                        record(address, port, err)
                 wait = 0.05
-                if self.interval and next_job < len(jobs) and len(pending) < self.concurrency:
-                    wait = max(0.0, min(wait, next_slot - time.monotonic()))
-                for fd, _ in epoll.poll(wait, 4096):
+                if interval and next_job < len(jobs) and len(pending) < concurrency:
+                    wait = max(0.0, min(wait, next_slot - monotonic()))
+                for fd, _ in poll(wait, 4096):
                     entry = pending.pop(fd, None)
                     if entry is None:
                         continue
                     sock, address, port, _ = entry
-                    err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+                    err = sock.getsockopt(sol_socket, so_error)
                     sock.close()  # also leaves the epoll set
-                    self._record(address, port, err)
                     finished += 1
-                now = time.monotonic()
-                if pending and now >= min(entry[3] for entry in pending.values()):
-                    for fd in [fd for fd, entry in pending.items() if entry[3] <= now]:
-                        sock, address, port, _ = pending.pop(fd)
-                        sock.close()
-                        self._record(address, port, errno.ETIMEDOUT)
-                        finished += 1
+                    if err == refused:
+                        answered.add(address)
+                    else:
+                        record(address, port, err)
+                # Deadlines grow in insertion order, so the expired connects are at the front of the dict.
+                now = monotonic()
+                while pending:
+                    fd, (sock, address, port, expires) = next(iter(pending.items()))
+                    if expires > now:
+                        break
+                    del pending[fd]
+                    sock.close()
+                    record(address, port, errno.ETIMEDOUT)
+                    finished += 1
                 if finished >= _PROGRESS_EVERY:
                     self.tick(finished)
                     finished = 0
             self.tick(finished)
         finally:
+            self.probes = probes
             for sock, *_ in pending.values():
                 sock.close()
             epoll.close()
@@ -149,7 +169,8 @@ async def connect_scan(
     """
     total = len(addresses) * len(ports)
     by_name = {str(a): a for a in addresses}
-    jobs: list[tuple[str, int, int]] = [(str(a), a.version, port) for port in ports for a in addresses]
+    hosts = [(str(a), a.version) for a in addresses]  # str() of an address is slow: once per host
+    jobs: list[tuple[str, int, int]] = [(name, version, port) for port in ports for name, version in hosts]
     shards_wanted = max(1, min(_MAX_SHARDS, os.cpu_count() or 1, total // 2048 or 1))
     concurrency = max_concurrency(concurrency)
     shard_concurrency = max(1, concurrency // shards_wanted)
