@@ -190,3 +190,16 @@ def test_login_rate_limit_is_kept_across_services() -> None:
     asyncio.run(two_services())
     assert len(calls) == 20
     assert calls[-1] - calls[0] >= 19 / 20 * 0.9
+
+
+def test_a_socket_that_connected_to_itself_is_not_an_open_port() -> None:
+    from thingward.audit.scanner.connect import _connected_to_itself
+
+    with socket.socket() as itself, socket.socket() as listener:
+        itself.bind(("127.0.0.1", 0))
+        itself.connect(itself.getsockname())  # TCP simultaneous open with itself: what a scan can hit by chance
+        assert _connected_to_itself(itself)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as real:
+            assert not _connected_to_itself(real)

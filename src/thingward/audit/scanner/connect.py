@@ -46,6 +46,15 @@ def max_concurrency(wanted: int) -> int:
     return max(1, min(wanted, soft - 64))
 
 
+def _connected_to_itself(sock: _socket.socket) -> bool:
+    """A connect to a closed local port can meet itself (TCP simultaneous open, when the kernel picks that very
+    port as our source port): the port looks open but nothing listens there."""
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:
+        return False
+
+
 @dataclass
 class _Shard:
     jobs: Sequence[tuple[str, int, int]]  # (address, ip version, port)
@@ -111,6 +120,8 @@ class _Shard:
                         pending[fd] = (sock, address, port, deadline)
                         register(fd, _WATCH)
                         continue
+                    if err == 0 and _connected_to_itself(sock):
+                        err = refused
                     sock.close()
                     finished += 1
                     if err == refused:
@@ -126,6 +137,8 @@ class _Shard:
                         continue
                     sock, address, port, _ = entry
                     err = sock.getsockopt(sol_socket, so_error)
+                    if err == 0 and _connected_to_itself(sock):
+                        err = refused
                     sock.close()  # also leaves the epoll set
                     finished += 1
                     if err == refused:
