@@ -12,7 +12,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import asyncssh
 import httpx
 
 from thingward.audit.scanner.credentials import Credential
@@ -178,6 +177,8 @@ async def try_telnet(host: str, port: int, pair: Credential, timeout: float) -> 
 
 
 async def try_ssh(host: str, port: int, pair: Credential, timeout: float) -> bool:
+    import asyncssh  # imported here: it takes a second, and every thingward command would pay it
+
     try:
         connection = await asyncssh.connect(
             host,
