@@ -203,3 +203,18 @@ def test_a_socket_that_connected_to_itself_is_not_an_open_port() -> None:
         listener.listen(1)
         with socket.create_connection(listener.getsockname()) as real:
             assert not _connected_to_itself(real)
+
+
+def test_connect_scan_over_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as listener:
+        try:
+            listener.bind(("::1", 0))
+        except OSError as e:
+            pytest.skip(f"::1 is not usable here: {e}")
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        loopback6 = ipaddress.ip_address("::1")
+        result = asyncio.run(connect_scan([loopback6], [port, port + 1 if port < 65535 else port - 1]))
+    assert result.open == {loopback6: {port}}
