@@ -179,6 +179,10 @@ async def try_telnet(host: str, port: int, pair: Credential, timeout: float) -> 
 async def try_ssh(host: str, port: int, pair: Credential, timeout: float) -> bool:
     import asyncssh  # imported here: it takes a second, and every thingward command would pay it
 
+    # asyncssh logs every connection at INFO; a scan makes dozens, and the outcome is in the report.
+    ssh_logger = logging.getLogger("asyncssh")
+    if ssh_logger.level == logging.NOTSET:
+        ssh_logger.setLevel(logging.WARNING)
     try:
         connection = await asyncssh.connect(
             host,
