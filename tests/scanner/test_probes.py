@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -218,3 +218,51 @@ def test_connect_scan_over_ipv6_loopback() -> None:
         loopback6 = ipaddress.ip_address("::1")
         result = asyncio.run(connect_scan([loopback6], [port, port + 1 if port < 65535 else port - 1]))
     assert result.open == {loopback6: {port}}
+
+
+@pytest.fixture
+def udp_responder() -> Iterator[Callable[[Callable[[bytes], bytes]], int]]:
+    """Starts UDP servers on free loopback ports that answer each datagram with answer(datagram)."""
+    import threading
+
+    sockets: list[socket.socket] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(answer: Callable[[bytes], bytes]) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.05)
+        sockets.append(sock)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    data, peer = sock.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                sock.sendto(answer(data), peer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        threads.append(thread)
+        return sock.getsockname()[1]
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    for sock in sockets:
+        sock.close()
+
+
+def test_mdns_and_coap_replies_are_recognised_and_garbage_is_not(udp_responder) -> None:
+    mdns_port = udp_responder(lambda query: query[:2] + b"\x84\x00" + query[4:])  # the query echoed as a response
+    coap_port = udp_responder(lambda request: b"\x60\x45" + request[2:4] + b"\xff</sensors>")  # ACK 2.05 Content
+    garbage_port = udp_responder(lambda _: b"\x00\x00")
+    mdns, coap = PROBES[1], PROBES[2]
+    assert (mdns.service, coap.service) == ("mdns", "coap")
+    assert asyncio.run(udp_probe("127.0.0.1", dataclasses.replace(mdns, port=mdns_port), 2)) is not None
+    assert asyncio.run(udp_probe("127.0.0.1", dataclasses.replace(coap, port=coap_port), 2)) is not None
+    for probe in (mdns, coap):
+        assert asyncio.run(udp_probe("127.0.0.1", dataclasses.replace(probe, port=garbage_port), 1)) is None
