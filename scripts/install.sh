@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what thingward needs into ./.venv; with --test also the test extras and the Debian peers the
-# tests talk to (mosquitto clients, SoftHSM2, a PostgreSQL server the tests start themselves). Safe to run again.
+# tests talk to (mosquitto clients, SoftHSM2, a PostgreSQL server the tests start themselves, and the
+# scanner lab: busybox-static, openssh-server, nmap, iproute2). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 if [ "$want_test" = 1 ]; then
-    debs=(mosquitto mosquitto-clients softhsm2 opensc postgresql)
+    debs=(mosquitto mosquitto-clients softhsm2 opensc postgresql busybox-static openssh-server openssh-client nmap iproute2 openssl)
     missing=()
     for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from thingward import __version__
-from thingward.cli import audit, device, group, model, ota, policy, user
+from thingward.cli import audit, device, group, model, ota, policy, scan, user
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
@@ -31,6 +31,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(model.app, name="model")
 app.add_typer(ota.app, name="ota")
 app.add_typer(user.app, name="user")
+app.command("scan")(scan.scan)
 
 
 def _version(value: bool) -> None:
