@@ -13,6 +13,8 @@ from thingward.audit.checks import run_checks
 from thingward.audit.gather import gather_snapshot
 from thingward.audit.model import CheckResult, finding_id
 from thingward.audit.report import build_report
+from thingward.audit.scanner.findings import NETWORK_CHECKS, scan_to_check_results
+from thingward.audit.scanner.model import ScanReport
 from thingward.audit.suppress import Suppressed, apply_suppressions
 from thingward.errors import NotFoundError
 from thingward.live import LiveState
@@ -60,6 +62,14 @@ def compare_runs(previous: StoredRun, current: Sequence[dict[str, Any]]) -> dict
     }
 
 
+def network_results(scan: ScanReport | None) -> list[CheckResult]:
+    """The LAN scan's part of the audit; without a scan every network check says why it was not judged."""
+    if scan is not None:
+        return scan_to_check_results(scan)
+    note = "no LAN scan given: thingward scan TARGETS --credentials --json > scan.json; audit --scan-report scan.json"
+    return [CheckResult(info, "not_applicable", note=note) for info in NETWORK_CHECKS]
+
+
 def run_audit(
     platform: Platform,
     *,
@@ -67,6 +77,7 @@ def run_audit(
     stale_days: int = 30,
     live_things: frozenset[str] | None = None,
     live: LiveState | None = None,
+    scan: ScanReport | None = None,
     save: bool = False,
     triggered_by: str = "cli",
 ) -> AuditOutcome:
@@ -78,7 +89,7 @@ def run_audit(
         live=live,
         onboarding_max_minutes=platform.settings.audit.onboarding_max_minutes,
     )
-    raw = run_checks(snapshot)
+    raw = run_checks(snapshot) + network_results(scan)
     with platform.db.read() as session:
         suppressions = list_suppressions(session)
         previous = latest_run(session)

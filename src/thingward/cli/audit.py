@@ -20,6 +20,7 @@ from thingward.audit.mitigate import mitigate, parse_action, undo_mitigation
 from thingward.audit.model import FINDING_ID_LENGTH, SEVERITIES, Severity
 from thingward.audit.report import fails_gate
 from thingward.audit.sarif import to_sarif
+from thingward.audit.scanner.load import load_scan_report
 from thingward.audit.service import AuditOutcome, resolve_finding, run_audit
 from thingward.audit.suppress import MAX_SUPPRESSION
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
@@ -112,6 +113,10 @@ def audit(
         str | None, typer.Option("--sarif", help="Also write a SARIF 2.1.0 report to this file ('-': stdout only).")
     ] = None,
     save: Annotated[bool, typer.Option("--save", help="Store this run in the history ('audit history').")] = False,
+    scan_report: Annotated[
+        Path | None,
+        typer.Option("--scan-report", help="Judge a saved LAN scan too ('thingward scan ... --json > FILE')."),
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -125,10 +130,18 @@ def audit(
     gate = _severity(fail_on)
     if sarif == "-" and as_json:
         raise InvalidInputError("--sarif - and --json both want stdout: write the SARIF to a file instead")
+    scan = None
+    if scan_report is not None:
+        try:
+            scan = load_scan_report(scan_report.read_bytes())
+        except OSError as e:
+            raise InvalidInputError(f"cannot read the scan report {scan_report}: {e.strerror}") from None
     platform = open_platform(data_dir)
     quiet = as_json or sarif == "-"
     with contextlib.nullcontext() if quiet else console.status("auditing the fleet ..."):
-        outcome = run_audit(platform, expiry_days=expiry_days, stale_days=stale_days, save=save, triggered_by=_who())
+        outcome = run_audit(
+            platform, expiry_days=expiry_days, stale_days=stale_days, scan=scan, save=save, triggered_by=_who()
+        )
     if html is not None:
         write_atomic(html, render_html(outcome.report).encode())
     if sarif is not None:
