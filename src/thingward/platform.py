@@ -34,10 +34,13 @@ from thingward.registry import certificates, policies, things
 from thingward.registry.audit_log import Actor, record_event
 from thingward.registry.db import (
     Database,
+    check_schema,
     database_error,
     display_url,
+    head_revision,
     make_engine,
     parse_database_url,
+    schema_revision,
     upgrade_database,
 )
 
@@ -172,17 +175,34 @@ def init_data_dir(
 class Platform:
     """An initialised data dir, opened."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, check_schema_version: bool = True) -> None:
         if not (settings.pki_dir / ca_mod.CA_CERT_FILE).exists():
             raise ConfigError(
                 f"{settings.data_dir} is not a thingward data dir: run 'thingward init --data-dir {settings.data_dir}'"
             )
         self.settings = settings
         self.db = Database(settings.database_url, _load_audit_key(settings.data_dir))
+        if check_schema_version:
+            try:
+                check_schema(self.db.engine)
+            except BaseException:
+                self.db.dispose()
+                raise
 
     @classmethod
-    def open(cls, data_dir: str | Path | None = None) -> Platform:
-        return cls(load_settings(data_dir))
+    def open(cls, data_dir: str | Path | None = None, check_schema_version: bool = True) -> Platform:
+        """Open a data dir; its registry schema must be this thingward's (see `thingward db upgrade`)."""
+        return cls(load_settings(data_dir), check_schema_version)
+
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        """Migrate the registry to this thingward's schema; an audit event says from which revision."""
+        before = schema_revision(self.db.engine)
+        upgrade_database(self.db.engine)
+        after = head_revision()
+        if before != after:
+            with self.db.session() as session:
+                record_event(session, cli_actor(), "platform.upgrade_schema", "registry", {"from": before, "to": after})
+        return before, after
 
     def close(self) -> None:
         self.db.dispose()

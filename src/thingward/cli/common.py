@@ -80,8 +80,8 @@ def _close_opened_platforms() -> None:
         _opened.pop().close()
 
 
-def open_platform(data_dir: Path | None) -> Platform:
+def open_platform(data_dir: Path | None, check_schema_version: bool = True) -> Platform:
     """The data dir's platform, closed by `handle_errors` when the command returns or fails."""
-    platform = Platform.open(data_dir)
+    platform = Platform.open(data_dir, check_schema_version)
     _opened.append(platform)
     return platform

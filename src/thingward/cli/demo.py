@@ -255,7 +255,8 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
 
     if not (data_dir / CONFIG_FILE).exists():
         init_data_dir(data_dir)
-    platform = Platform.open(data_dir)
+    platform = Platform.open(data_dir, check_schema_version=False)
+    platform.upgrade_schema()  # a demo dir from an older thingward is brought up to date
     _prepare_fleet_facts(platform)
     server = ThingwardServer(platform, "127.0.0.1", 0, 0)
     endpoints = await server.start()

@@ -184,6 +184,38 @@ def demo(
     emit(as_json, summary, human)
 
 
+db_app = typer.Typer(help="The registry database: its schema version and upgrades.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("status")
+@handle_errors
+def db_status(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show the registry schema's revision and the one this thingward needs."""
+    from thingward.registry.db import display_url, head_revision, schema_revision
+
+    platform = open_platform(data_dir, check_schema_version=False)
+    current, head = schema_revision(platform.db.engine), head_revision()
+    emit(
+        as_json,
+        {
+            "database": display_url(platform.settings.database_url),
+            "revision": current,
+            "head": head,
+            "current": current == head,
+        },
+    )
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Migrate the registry to this thingward's schema (back up the data dir first). Safe to run again."""
+    platform = open_platform(data_dir, check_schema_version=False)
+    before, after = platform.upgrade_schema()
+    emit(as_json, {"from": before, "to": after, "changed": before != after})
+
+
 log_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(log_app, name="log")
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -93,6 +93,37 @@ def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this thingward (revisions are numbered 0001, 0002, ...)."""
+    numbers = [int(p.name[:4]) for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")]
+    return f"{max(numbers):04d}"
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the registry's schema is at, or None for a database no migration ran on."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse a registry whose schema is not the one this thingward was built for, and say what to do."""
+    current, head = schema_revision(engine), head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise ConfigError("the registry database has no thingward schema: run 'thingward init' for a new data dir")
+    if current > head:
+        raise ConfigError(
+            f"the registry schema is at {current}, newer than this thingward knows ({head}): upgrade thingward"
+        )
+    raise ConfigError(
+        f"the registry schema is at {current} and this thingward needs {head}: back up the data dir, then run "
+        "'thingward db upgrade'"
+    )
 
 
 def upgrade_database(engine: Engine, revision: str = "head") -> None:
