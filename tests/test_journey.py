@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from lab.served import THINGWARD, serving, wait_for
 from thingward.device.client import Device, DeviceConnectError
-
-THINGWARD = [sys.executable, "-m", "thingward.cli.main"]
 
 
 def cli(data_dir: Path, *args: str, check: bool = True) -> dict:
@@ -58,39 +55,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ca_certificate"].endswith("ca.crt")
-    process = subprocess.Popen(
-        [*THINGWARD, "serve", "--data-dir", str(data_dir), "--mqtt-port", "0", "--http-port", "0", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = _read_line(process, 30)
-        endpoints = json.loads(line)
-        host_port = endpoints["mqtt"].removeprefix("mqtts://")
-        host, port = host_port.rsplit(":", 1)
-        yield Served(data_dir, host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), process)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout)
-    if not box or not box[0]:
-        process.kill()
-        raise AssertionError(f"serve printed no endpoints: {process.stderr.read()}")  # type: ignore[union-attr]
-    return box[0]
+    with serving(data_dir) as server:
+        yield Served(data_dir, server.mqtt_host, server.mqtt_port, server.api, server.ca, server.process)
 
 
 def enroll(served: Served, name: str, tmp_path: Path) -> Path:
@@ -153,15 +119,6 @@ def reported_version(served: Served, name: str) -> str | None:
         return latest.report.firmware_version if latest else None
     finally:
         platform.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_enrolled_device_publishes_and_message_is_stored(served: Served, tmp_path: Path) -> None:

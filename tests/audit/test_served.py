@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from test_journey import THINGWARD, Served, _read_line, connect, stored_count, wait_for
+from lab.served import serving, wait_for
+from test_journey import Served, connect, stored_count
 from thingward.audit.model import finding_id
 from thingward.cli.main import app
 from thingward.device.client import DeviceConnectError
@@ -34,27 +33,8 @@ SERVER_ENV = {"THINGWARD_AUDIT__INTERVAL_MINUTES": "0.005", "THINGWARD_PKI__DEVI
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("audit-served") / "data"
     init_data_dir(data_dir)
-    process = subprocess.Popen(
-        [*THINGWARD, "serve", "--data-dir", str(data_dir), "--mqtt-port", "0", "--http-port", "0", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **SERVER_ENV},
-    )
-    try:
-        endpoints = json.loads(_read_line(process, 30))
-        host, port = endpoints["mqtt"].removeprefix("mqtts://").rsplit(":", 1)
-        yield Served(data_dir, host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), process)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    with serving(data_dir, {**os.environ, **SERVER_ENV}) as server:
+        yield Served(data_dir, server.mqtt_host, server.mqtt_port, server.api, server.ca, server.process)
 
 
 def cli(data_dir: Path, *args: str) -> dict:

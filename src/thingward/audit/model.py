@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from thingward.errors import InvalidInputError
 from thingward.live import SessionFacts, TakeoverFacts
 from thingward.policy.world import PolicyWorld
 
@@ -16,6 +17,19 @@ Part = Literal["device", "network", "cloud", "app"]
 Status = Literal["pass", "fail", "not_applicable"]
 
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+
+
+SEVERITY_COLOURS = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
+
+
+def parse_severity(value: str | None) -> Severity | None:
+    """A severity as typed on the command line (`--fail-on`); None stays None."""
+    if value is None:
+        return None
+    for severity in SEVERITIES:
+        if value == severity:
+            return severity
+    raise InvalidInputError(f"unknown severity {value!r}: use one of {', '.join(SEVERITIES)}")
 
 
 def severity_rank(severity: Severity) -> int:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from thingward.audit.html import render_html
 from thingward.audit.mitigate import mitigate, parse_action, undo_mitigation
-from thingward.audit.model import FINDING_ID_LENGTH, SEVERITIES, Severity
+from thingward.audit.model import FINDING_ID_LENGTH, SEVERITIES, SEVERITY_COLOURS, parse_severity
 from thingward.audit.report import fails_gate
 from thingward.audit.sarif import to_sarif
 from thingward.audit.scanner.load import load_scan_report
@@ -31,19 +31,9 @@ from thingward.registry.audit_records import add_suppression, list_runs, list_su
 
 app = typer.Typer(help="Fleet security audit.", invoke_without_command=True)
 
-_COLOURS = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
 _DURATION = re.compile(r"(\d{1,4})([hdw])")
 _CHECK_ID = re.compile(r"[A-Z][A-Z0-9_]{2,63}")
 _FINDING_ID = re.compile(rf"[0-9a-f]{{{FINDING_ID_LENGTH}}}")
-
-
-def _severity(value: str | None) -> Severity | None:
-    if value is None:
-        return None
-    for severity in SEVERITIES:
-        if value == severity:
-            return severity
-    raise InvalidInputError(f"unknown severity {value!r}: use one of {', '.join(SEVERITIES)}")
 
 
 def _print_report(outcome: AuditOutcome) -> None:
@@ -56,7 +46,7 @@ def _print_report(outcome: AuditOutcome) -> None:
     table.add_column("finding")
     new = {f["id"] for f in outcome.changes["new"]} if outcome.changes else set()
     for check in report["checks"]:
-        colour = _COLOURS[check["severity"]]
+        colour = SEVERITY_COLOURS[check["severity"]]
         if check["status"] != "fail":
             table.add_row(
                 f"[{colour}]{check['severity']}[/]", check["id"], check["status"], "-", "-", check["note"] or "-"
@@ -64,7 +54,7 @@ def _print_report(outcome: AuditOutcome) -> None:
             continue
         for finding in check["findings"]:
             table.add_row(
-                f"[{_COLOURS[finding['severity']]}]{finding['severity']}[/]",
+                f"[{SEVERITY_COLOURS[finding['severity']]}]{finding['severity']}[/]",
                 check["id"],
                 "[red]fail[/]" + (" [bold]new[/]" if finding["id"] in new else ""),
                 finding["id"],
@@ -127,7 +117,7 @@ def audit(
     """
     if ctx.invoked_subcommand is not None:
         return
-    gate = _severity(fail_on)
+    gate = parse_severity(fail_on)
     if sarif == "-" and as_json:
         raise InvalidInputError("--sarif - and --json both want stdout: write the SARIF to a file instead")
     scan = None

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thingward.audit.model import SEVERITIES, Severity
+from thingward.audit.model import SEVERITY_COLOURS, parse_severity
 from thingward.audit.report import fails_gate
 from thingward.audit.scanner import (
     LoginPolicy,
@@ -24,18 +24,6 @@ from thingward.audit.scanner import (
 )
 from thingward.audit.scanner.findings import scan_to_check_results
 from thingward.cli.common import JsonFlag, console, emit, err_console, handle_errors
-from thingward.errors import InvalidInputError
-
-_COLOURS = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
-
-
-def _gate(value: str | None) -> Severity | None:
-    if value is None:
-        return None
-    for severity in SEVERITIES:
-        if value == severity:
-            return severity
-    raise InvalidInputError(f"unknown severity {value!r}: use one of {', '.join(SEVERITIES)}")
 
 
 def _print_report(report: ScanReport) -> None:
@@ -62,7 +50,7 @@ def _print_report(report: ScanReport) -> None:
     )
     for result in scan_to_check_results(report):
         for finding in result.findings:
-            colour = _COLOURS[finding.severity]
+            colour = SEVERITY_COLOURS[finding.severity]
             console.print(f"[{colour}]{finding.severity}[/] {result.info.id} {finding.resource}: {finding.message}")
 
 
@@ -106,7 +94,7 @@ def scan(
     as_json: JsonFlag = False,
 ) -> None:
     """Scan hosts you own: open TCP ports, services, TLS, default logins; only the targets you name."""
-    gate = _gate(fail_on)
+    gate = parse_severity(fail_on)
     addresses = parse_targets(targets, allow_public=allow_public)
     options = ScanOptions(
         ports=parse_ports(ports),

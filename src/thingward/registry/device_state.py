@@ -25,6 +25,7 @@ from thingward.errors import ConflictError, InvalidInputError, NotFoundError
 from thingward.names import validate_name
 from thingward.registry.audit_log import Actor, record_event
 from thingward.registry.models import DeviceModel, DeviceReport, FirmwareAdvisory, Thing, ThingAttribute
+from thingward.validation import first_problem
 
 MAX_REPORT_BYTES = 16 * 1024
 MAX_PORTS = 1024
@@ -99,9 +100,7 @@ def parse_state_report(payload: bytes) -> StateReport:
     try:
         raw = _StateReport.model_validate_json(payload)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "report"
-        raise InvalidInputError(f"state report: {where}: {first['msg']}") from None
+        raise InvalidInputError(f"state report: {first_problem(e, 'report')}") from None
     since = raw.onboarding.since if raw.onboarding else None
     if since is not None and since.tzinfo is None:
         raise InvalidInputError("state report: onboarding.since must carry a time zone (e.g. ...Z)")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thingward.audit.scanner.model import HostResult, PortResult, ScanReport, TlsInfo, WeakCredential
 from thingward.errors import InvalidInputError
+from thingward.validation import first_problem
 
 MAX_SCAN_FILE_BYTES = 64 * 1024 * 1024
 
@@ -71,10 +72,8 @@ def load_scan_report(data: bytes) -> ScanReport:
     try:
         raw = _Report.model_validate_json(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
         raise InvalidInputError(
-            f"not a thingward scan report (thingward scan --json, version 1): {where}: {first['msg']}"
+            f"not a thingward scan report (thingward scan --json, version 1): {first_problem(e, 'file')}"
         ) from None
     return ScanReport(
         started_at=raw.started_at,
