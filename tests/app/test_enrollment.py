@@ -179,3 +179,22 @@ def test_api_serves_only_tls_1_2_or_newer(api) -> None:
 def test_https_floor_is_set_in_code_not_left_to_system_policy(api) -> None:
     # The handshake test above may also be refused by the client's own OpenSSL policy; this one cannot be.
     assert api.server.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_one_key_for_two_devices_refused_and_the_token_kept(api) -> None:
+    """A key burned into every unit (or copied off one) must not give a second device an identity."""
+    token_cam1, token_cam2 = _add(api.platform, "cam1"), _add(api.platform, "cam2")
+    shared = ec.generate_private_key(ec.SECP256R1())
+    assert _post(api, token_cam1, _csr(shared, "cam1")).status_code == 201
+    again = _post(api, token_cam2, _csr(shared, "cam2"))
+    assert again.status_code == 403 and again.json()["error"].startswith("enrollment refused")
+    with api.platform.db.read() as session:
+        assert things.thing_certificates(session, things.get_thing(session, "cam2")) == []
+        reasons = [e.detail for e in list_events(session) if e.action == "enroll.refused"]
+    assert any("already enrolled for cam1" in reason for reason in reasons)
+    # cam2 with a key of its own still enrolls with the same token.
+    assert _post(api, token_cam2, _csr(ec.generate_private_key(ec.SECP256R1()), "cam2")).status_code == 201
+    # cam1 may renew with its own key: the key is only refused for another thing.
+    with api.platform.db.session() as session:
+        renewal = things.create_enrollment_token(session, ACTOR, "cam1", dt.timedelta(hours=1)).token
+    assert _post(api, renewal, _csr(shared, "cam1")).status_code == 201

@@ -176,3 +176,17 @@ def test_a_common_password_in_the_settings_is_critical() -> None:
         "config:database.url medium a password sits in the settings in clear; pass it from outside"
     ]
     assert result("CONFIG_DEFAULT_PASSWORD", snapshot()).status == "pass"
+
+
+def test_a_public_key_shared_by_two_devices_is_critical() -> None:
+    days = dt.timedelta(days=80)
+    certificates = (
+        CertificateFacts("cam1", "a1", "active", NOW + days, "ec-secp256r1", public_key_sha256="k" * 64),
+        CertificateFacts("cam2", "a2", "active", NOW + days, "ec-secp256r1", public_key_sha256="k" * 64),
+        CertificateFacts("cam3", "a3", "active", NOW + days, "ec-secp256r1", public_key_sha256="m" * 64),
+        CertificateFacts("cam4", "a4", "revoked", NOW + days, "ec-secp256r1", public_key_sha256="m" * 64),
+    )
+    assert messages("WEAK_DEVICE_KEY", certificates=certificates) == [
+        "thing:cam1 critical its public key is also the key of cam2",
+        "thing:cam2 critical its public key is also the key of cam1",
+    ]

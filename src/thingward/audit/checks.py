@@ -73,7 +73,7 @@ CA_CERT_EXPIRING = CheckInfo(
 )
 WEAK_DEVICE_KEY = CheckInfo(
     id="WEAK_DEVICE_KEY",
-    title="An active device certificate carries a weak key",
+    title="An active device certificate carries a weak or shared key",
     severity="high",
     part="device",
     remediation="Revoke the certificate and re-enroll the device with an EC P-256 key.",
@@ -290,6 +290,16 @@ def weak_device_keys(snapshot: AuditSnapshot) -> CheckResult:
             findings.append(
                 Finding(f"thing:{cert.thing}", f"certificate {cert.serial} has a {cert.key_type} key", "high")
             )
+    # A key known to more than one device is known-bad: whoever has one unit's key speaks for the others.
+    holders: dict[str, set[str]] = defaultdict(set)
+    for cert in snapshot.certificates:
+        if cert.status == "active" and cert.public_key_sha256:
+            holders[cert.public_key_sha256].add(cert.thing)
+    for things in holders.values():
+        if len(things) > 1:
+            for thing in sorted(things):
+                others = ", ".join(sorted(things - {thing}))
+                findings.append(Finding(f"thing:{thing}", f"its public key is also the key of {others}", "critical"))
     return _result(WEAK_DEVICE_KEY, findings)
 
 

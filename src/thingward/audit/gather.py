@@ -48,10 +48,22 @@ def gather_snapshot(
         world = load_policy_world(session)
         # Columns, not ORM objects (which would also load every PEM and attribute): 100k things in seconds.
         certificates = tuple(
-            CertificateFacts(thing=name, serial=serial, status=status, not_after=not_after, key_type=key_type)
-            for serial, status, not_after, key_type, name in session.connection().execute(
+            CertificateFacts(
+                thing=name,
+                serial=serial,
+                status=status,
+                not_after=not_after,
+                key_type=key_type,
+                public_key_sha256=key_hash,
+            )
+            for serial, status, not_after, key_type, key_hash, name in session.connection().execute(
                 select(
-                    Certificate.serial, Certificate.status, Certificate.not_after, Certificate.key_type, Thing.name
+                    Certificate.serial,
+                    Certificate.status,
+                    Certificate.not_after,
+                    Certificate.key_type,
+                    Certificate.public_key_sha256,
+                    Thing.name,
                 ).join(Thing)
             )
         )

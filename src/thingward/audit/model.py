@@ -90,6 +90,7 @@ class CertificateFacts:
     status: str  # active | revoked
     not_after: dt.datetime
     key_type: str  # e.g. ec-secp256r1, rsa-2048
+    public_key_sha256: str | None = None
 
 
 @dataclass(frozen=True)

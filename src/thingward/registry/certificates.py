@@ -17,6 +17,7 @@ from thingward.pki.ca import (
     certificate_pem,
     fingerprint_sha256,
     issue_device_certificate,
+    public_key_sha256,
 )
 from thingward.pki.csr import csr_common_name, parse_device_csr
 from thingward.registry.audit_log import Actor, record_event
@@ -66,6 +67,15 @@ def enroll_device(
     requested = csr_common_name(csr)
     if requested != thing.name:
         raise EnrollmentRefusedError(REFUSED, reason=f"token of {thing.name} presented for {requested}")
+    key_hash = public_key_sha256(csr.public_key())
+    holder = session.execute(
+        select(Thing.name).join(Certificate).where(Certificate.public_key_sha256 == key_hash, Thing.id != thing.id)
+    ).first()
+    if holder is not None:
+        # A key burned into every unit, or copied from another device: refused before the token is spent.
+        raise EnrollmentRefusedError(
+            REFUSED, reason=f"{thing.name} presented the public key already enrolled for {holder[0]}"
+        )
     claimed = session.execute(
         update(EnrollmentToken)
         # Re-checked in the UPDATE itself: on PostgreSQL (READ COMMITTED) a revoke or disable may have
@@ -85,6 +95,7 @@ def enroll_device(
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             key_type=_key_type(cert),
+            public_key_sha256=key_hash,
             pem=certificate_pem(cert).decode(),
         )
     )

@@ -96,6 +96,8 @@ class Certificate(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     key_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    # SHA-256 of the SubjectPublicKeyInfo: one key must not serve two things (migration 0007).
+    public_key_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     pem: Mapped[str] = mapped_column(Text, nullable=False)
     thing: Mapped[Thing] = relationship()
 
