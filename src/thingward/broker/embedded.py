@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import itertools
 import logging
 import socket
 import time
@@ -119,13 +120,14 @@ class Takeover:
 class _Connection:
     """One client connection, tracked from the handshake on so it can be closed whatever amqtt thinks."""
 
-    __slots__ = ("finished", "live", "peer", "serial", "since", "thing", "transport")
+    __slots__ = ("finished", "live", "peer", "seq", "serial", "since", "thing", "transport")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.transport = writer.transport
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self.thing: str | None = None
+        self.seq = 0  # order of identification: a takeover closes only connections identified before it
         self.serial = ""  # of the certificate the connection was admitted with
         self.since: dt.datetime | None = None  # when it was admitted
         self.live = False  # admitted and handed to amqtt
@@ -196,6 +198,7 @@ class EmbeddedBroker:
         # Recent takeovers per thing: a second connection with the same identity closes the first. A
         # thing whose sessions keep taking each other over from different addresses is likely cloned.
         self._takeovers: dict[str, collections.deque[Takeover]] = {}
+        self._seq = itertools.count(1)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -373,6 +376,7 @@ class EmbeddedBroker:
     def _register(self, conn: _Connection, thing: str) -> None:
         self._anonymous.discard(conn)
         conn.thing = thing
+        conn.seq = next(self._seq)
         self._connections.setdefault(thing, set()).add(conn)
 
     def _unregister(self, conn: _Connection) -> None:
@@ -530,7 +534,8 @@ class EmbeddedBroker:
 
     async def _take_over(self, thing: str, conn: _Connection) -> None:
         """One connection per thing [MQTT-3.1.4-2]: close older ones and let amqtt finish them first."""
-        older = [c for c in self._connections.get(thing, ()) if c is not conn]
+        # Only older ones: two copies in CONNECT at once must not close each other (the newest wins).
+        older = [c for c in self._connections.get(thing, ()) if c.seq < conn.seq]
         if not older:
             return
         logger.info("thing %r connected again: closing %d older connection(s)", thing, len(older))
