@@ -1,0 +1,504 @@
+"""Red team against what landed on 24 Nov: accounts, audit mitigation and suppressions, device-reported
+state and the live file, and OTA.
+
+The convention of tests/redteam/test_enrollment_attacks.py: every test is named after an attack and asserts
+it is REFUSED. An attack that works and could not be fixed safely is `xfail(strict=True, reason="VULN: ...")`,
+so the day it is fixed the suite says so. Real parts throughout: a real data dir, a real SMTP server
+(aiosmtpd) on loopback for the accounts' mail, the whole server in-process with its real broker and raw
+MQTT clients over mutual TLS, and the real HTTPS API for OTA.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from lab.accounts import PASSWORD, FakeClock, make_accounts, make_user, totp_code
+from thingward.accounts import sharing
+from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
+from thingward.accounts.service import LOCKED_MESSAGE, REFUSED_MESSAGE, Accounts, LoginOutcome
+from thingward.config import SmtpSettings
+from thingward.errors import InvalidInputError, NotFoundError
+from thingward.platform import Platform, cli_actor
+from thingward.registry import things
+from thingward.registry.audit_log import list_events
+from thingward.registry.models import User
+
+ACTOR = cli_actor()
+NEW_PASSWORD = "marmalade tugboat orchestra"
+
+
+# -- a real SMTP server on loopback (copied from tests/accounts/conftest.py: conftests do not import) ----
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], str, str]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        from email import message_from_bytes, policy
+
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        body = message.get_body(("plain",))
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), str(message["Subject"]), body.get_content() if body else ""))
+        return "250 OK"
+
+    def bodies_to(self, address: str) -> list[str]:
+        with self._lock:
+            return [body for rcpt, _subject, body in self.messages if address in rcpt]
+
+    def find(self, address: str, pattern: str) -> str:
+        for body in reversed(self.bodies_to(address)):
+            match = re.search(pattern, body)
+            if match:
+                return match.group(1)
+        raise AssertionError(f"no mail to {address} matching {pattern!r}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, security="none", timeout_seconds=5)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def inbox(smtp: tuple[Inbox, SmtpSettings]) -> Inbox:
+    return smtp[0]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def accounts(platform: Platform, smtp: tuple[Inbox, SmtpSettings], clock: FakeClock) -> Accounts:
+    return make_accounts(platform, smtp[1], clock, lockout_failures=5)
+
+
+def _sign_in(accounts: Accounts, inbox: Inbox, email: str = "alice@example.com", password: str = PASSWORD) -> str:
+    """Password, then the mailed code (a new browser, no 2FA): the session token."""
+    first = accounts.login(email, password, ip="127.0.0.1", user_agent="Firefox")
+    assert first.outcome == LoginOutcome.NEED_EMAIL_CODE, first
+    code = inbox.find(email, r"the code is (\d{8})")
+    done = accounts.login(email, password, ip="127.0.0.1", user_agent="Firefox", second_factor=code)
+    assert done.outcome == LoginOutcome.OK and done.session_token, done
+    return done.session_token
+
+
+def _with_totp(accounts: Accounts, user_id: int) -> tuple[str, list[str]]:
+    enrolment = accounts.begin_totp(user_id)
+    codes, _ = accounts.confirm_totp(user_id, totp_code(enrolment.secret, accounts))
+    return enrolment.secret, codes
+
+
+def _wrong_code(secret: str, accounts: Accounts) -> str:
+    """A six-digit code that is none of the three the server accepts now."""
+    valid = {totp_code(secret, accounts, k) for k in (-1, 0, 1)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in valid)
+
+
+# -- accounts: lockout, enumeration ----------------------------------------------------------------------
+
+
+def test_lockout_bypass_by_varying_case_whitespace_or_unicode_of_the_email_is_refused(
+    accounts: Accounts, clock: FakeClock
+) -> None:
+    make_user(accounts)
+    variants = [
+        "alice@example.com",
+        "ALICE@EXAMPLE.COM",
+        " Alice@Example.com\t",
+        "alice@EXAMPLE.com\n",
+        "ALICE@example.COM",
+    ]
+    for n in range(5):
+        clock.advance(120)  # past every growing delay: only the lockout counts
+        outcome = accounts.login(variants[n], "not the password", ip=f"10.0.0.{n}").outcome
+    assert outcome == LoginOutcome.LOCKED
+    # The right password under every spelling that reaches the account is locked out too ...
+    for spelling in [*variants, "  alice@example.com  "]:
+        clock.advance(1)
+        result = accounts.login(spelling, PASSWORD, ip="10.9.9.9")
+        assert result.outcome == LoginOutcome.LOCKED, spelling
+        assert result.session_token is None
+    # ... and a spelling that escapes the lock (zero-width space, fullwidth letters) is another address,
+    # which no account has: the right password gets nowhere with it.
+    for other in ["alice@example.com\u200b", "\uff41lice@example.com", "alice@example.com."]:
+        clock.advance(1)
+        result = accounts.login(other, PASSWORD, ip="10.9.9.8")
+        assert result.outcome in {LoginOutcome.REFUSED, LoginOutcome.LOCKED} and result.session_token is None, other
+
+
+def test_user_enumeration_by_login_outcomes_messages_or_lockout_is_refused(
+    accounts: Accounts, clock: FakeClock
+) -> None:
+    make_user(accounts)
+    seen: dict[str, list[tuple[str, str, float]]] = {}
+    for email in ("alice@example.com", "nobody@example.com"):
+        seen[email] = []
+        for _ in range(7):
+            result = accounts.login(email, "not the password", ip="10.1.1.1")
+            seen[email].append((result.outcome, result.message, result.retry_after))
+            clock.advance(61)
+    assert seen["alice@example.com"] == seen["nobody@example.com"]
+    assert {m for _, m, _ in seen["nobody@example.com"]} == {REFUSED_MESSAGE, LOCKED_MESSAGE}
+    # A reset request answers the same (nothing) for both.
+    assert accounts.request_password_reset("alice@example.com", "10.1.1.2") is None
+    assert accounts.request_password_reset("nobody@example.com", "10.1.1.2") is None
+
+
+def test_user_enumeration_by_login_timing_is_refused(accounts: Accounts) -> None:
+    """The dummy hash checked for an unknown email has the very parameters (so the cost) of a real one."""
+    make_user(accounts)
+    with accounts.db.read() as session:
+        real = session.query(User).one().password_hash
+    params = re.compile(r"^\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$")
+    assert params.match(real) and params.match(accounts.hasher.dummy_hash)
+    assert params.match(real).group(0) == params.match(accounts.hasher.dummy_hash).group(0)  # type: ignore[union-attr]
+
+    def median(email: str) -> float:
+        times = []
+        for _ in range(9):
+            start = time.perf_counter()
+            accounts.hasher.verify(accounts.hasher.dummy_hash if email == "x" else real, "not the password")
+            times.append(time.perf_counter() - start)
+        return sorted(times)[4]
+
+    known, unknown = median("alice@example.com"), median("x")
+    assert 0.5 < known / unknown < 2.0, (known, unknown)
+
+
+# -- accounts: second factor ---------------------------------------------------------------------------------
+
+
+def test_totp_code_replay_and_drift_beyond_one_step_are_refused(
+    accounts: Accounts, inbox: Inbox, clock: FakeClock
+) -> None:
+    uid = make_user(accounts)
+    secret, _ = _with_totp(accounts, uid)
+    clock.advance(90)
+    code = totp_code(secret, accounts)
+    assert accounts.login("alice@example.com", PASSWORD, second_factor=code).outcome == LoginOutcome.OK
+    replay = accounts.login("alice@example.com", PASSWORD, second_factor=code)
+    assert replay.outcome == LoginOutcome.REFUSED and replay.session_token is None
+    clock.advance(90)
+    for steps in (-2, -3, 2, 3):
+        old_or_future = accounts.login("alice@example.com", PASSWORD, second_factor=totp_code(secret, accounts, steps))
+        assert old_or_future.outcome in {LoginOutcome.REFUSED, LoginOutcome.LOCKED} and not old_or_future.session_token
+    for bad in ("", " ", "12345", "1234567", "abcdef", "\uff11\uff12\uff13\uff14\uff15\uff16", "000000" * 50):
+        assert accounts.login("alice@example.com", PASSWORD, second_factor=bad).session_token is None
+
+
+def test_totp_brute_force_at_sign_in_is_stopped_by_the_lockout(accounts: Accounts, clock: FakeClock) -> None:
+    uid = make_user(accounts)
+    secret, _ = _with_totp(accounts, uid)
+    clock.advance(60)
+    outcomes = []
+    for _ in range(5):
+        clock.advance(61)
+        outcomes.append(
+            accounts.login("alice@example.com", PASSWORD, second_factor=_wrong_code(secret, accounts)).outcome
+        )
+    assert outcomes[-1] == LoginOutcome.LOCKED
+    clock.advance(1)
+    right = accounts.login("alice@example.com", PASSWORD, second_factor=totp_code(secret, accounts))
+    assert right.outcome == LoginOutcome.LOCKED and right.session_token is None
+
+
+def test_totp_brute_force_through_account_settings_is_throttled(accounts: Accounts, clock: FakeClock) -> None:
+    """Someone with a stolen session and the password guesses the TOTP code where the account is changed
+    (new recovery codes, disable 2FA, change the email): as many guesses as at sign-in, then a lockout
+    that the right code does not get through either. Fixed: `Accounts._guarded`."""
+    uid = make_user(accounts)
+    secret, _ = _with_totp(accounts, uid)
+    clock.advance(60)  # the enrolment's code is spent
+    for n in range(12):
+        clock.advance(0.2)
+        with pytest.raises(AuthenticationError):
+            [accounts.regenerate_recovery_codes, accounts.disable_totp][n % 2](
+                uid, PASSWORD, _wrong_code(secret, accounts)
+            )
+    with pytest.raises(AuthenticationError, match="locked"):
+        accounts.disable_totp(uid, PASSWORD, totp_code(secret, accounts))
+    with pytest.raises(AuthenticationError, match="locked"):
+        accounts.change_email(uid, PASSWORD, totp_code(secret, accounts), "mallory@example.com")
+    assert accounts.login("alice@example.com", PASSWORD).outcome == LoginOutcome.LOCKED  # sign-in too
+    # Once the lockout is served the owner gets in with the right code (the lock was the throttle's).
+    clock.advance(accounts.settings.lockout_seconds + 1)
+    assert len(accounts.regenerate_recovery_codes(uid, PASSWORD, totp_code(secret, accounts))) == 10
+    with accounts.db.read() as session:
+        actions = [e.action for e in list_events(session, 1000)]
+    assert "user.2fa_disable_throttled" in actions and "user.email_change_throttled" in actions
+
+
+def test_password_guessing_through_change_password_with_a_stolen_session_is_throttled(
+    accounts: Accounts, clock: FakeClock
+) -> None:
+    uid = make_user(accounts)
+    for n in range(12):
+        clock.advance(0.2)
+        with pytest.raises(AuthenticationError):
+            accounts.change_password(uid, f"guess number {n}", NEW_PASSWORD)
+    with pytest.raises(AuthenticationError, match="locked"):
+        accounts.change_password(uid, PASSWORD, NEW_PASSWORD)
+    clock.advance(accounts.settings.lockout_seconds + 1)
+    accounts.change_password(uid, PASSWORD, NEW_PASSWORD)  # the owner, after the lockout
+    # A right password takes the count back: a typo or two never adds up to a lockout.
+    for _ in range(accounts.settings.lockout_failures + 2):
+        clock.advance(1)
+        with pytest.raises(AuthenticationError):
+            accounts.change_password(uid, "a typo", PASSWORD)
+        clock.advance(1)
+        accounts.change_password(uid, NEW_PASSWORD, "yet another passphrase here")
+        accounts.change_password(uid, "yet another passphrase here", NEW_PASSWORD)
+
+
+def test_recovery_code_reuse_in_any_spelling_is_refused(accounts: Accounts, clock: FakeClock) -> None:
+    uid = make_user(accounts)
+    _, codes = _with_totp(accounts, uid)
+    first = accounts.login("alice@example.com", PASSWORD, second_factor=codes[0])
+    assert first.outcome == LoginOutcome.OK
+    for spelling in (codes[0], codes[0].upper(), codes[0].replace("-", ""), f"  {codes[0].replace('-', ' ')} "):
+        clock.advance(61)
+        again = accounts.login("alice@example.com", PASSWORD, second_factor=spelling)
+        assert again.session_token is None, spelling
+    assert accounts.recovery_codes_left(uid) == 9
+    # Another account's code is no code for this one.
+    bob = make_user(accounts, "bob@example.com")
+    _, bobs = _with_totp(accounts, bob)
+    clock.advance(61)
+    assert accounts.login("alice@example.com", PASSWORD, second_factor=bobs[0]).session_token is None
+
+
+# -- accounts: reset links and invitations ---------------------------------------------------------------
+
+
+def _reset_link(accounts: Accounts, inbox: Inbox, email: str) -> str:
+    accounts.request_password_reset(email, "10.2.2.2")
+    return inbox.find(email, r"/reset\?token=(\S+)")
+
+
+def test_reset_token_reuse_guessing_and_cross_user_use_are_refused(accounts: Accounts, inbox: Inbox) -> None:
+    make_user(accounts)
+    make_user(accounts, "bob@example.com")
+    alice_token = _reset_link(accounts, inbox, "alice@example.com")
+    for guess in ("", "x", secrets.token_urlsafe(32), alice_token[:-1], alice_token + "A", alice_token.upper()):
+        with pytest.raises(InvalidTokenError):
+            accounts.reset_password(guess, NEW_PASSWORD)
+    done = accounts.reset_password(alice_token, NEW_PASSWORD)
+    assert done.email == "alice@example.com"  # alice's token resets alice, whoever presents it
+    with pytest.raises(InvalidTokenError):
+        accounts.reset_password(alice_token, "another long passphrase here")
+    # Bob's password is untouched by anything above.
+    assert accounts.login("bob@example.com", PASSWORD).outcome == LoginOutcome.NEED_EMAIL_CODE
+
+
+def test_reset_link_mailed_before_a_password_reset_or_email_change_is_refused_after_it(
+    accounts: Accounts, inbox: Inbox
+) -> None:
+    """Two reset links were mailed (or one went to an address since given up): once the password was
+    reset or the email changed, an older link must not set the password again."""
+    uid = make_user(accounts)
+    older = _reset_link(accounts, inbox, "alice@example.com")
+    newer = _reset_link(accounts, inbox, "alice@example.com")
+    assert older != newer
+    accounts.reset_password(newer, NEW_PASSWORD)
+    with pytest.raises(InvalidTokenError):
+        accounts.reset_password(older, "someone else's passphrase now")
+    # The old mailbox is lost: the person moves to a new address; a link sent to the old one is void.
+    stale = _reset_link(accounts, inbox, "alice@example.com")
+    accounts.change_email(uid, NEW_PASSWORD, None, "alice@new.example.com")
+    with pytest.raises(InvalidTokenError):
+        accounts.reset_password(stale, "someone else's passphrase now")
+
+
+def test_invitation_reuse_and_use_for_another_address_are_refused(accounts: Accounts) -> None:
+    token = accounts.invite(ACTOR, "carol@example.com")
+    for email in ("mallory@example.com", "carol@example.org", "carol+x@example.com"):
+        with pytest.raises(SignUpClosedError):
+            accounts.sign_up(email, NEW_PASSWORD, invite_token=token)
+    for guess in (secrets.token_urlsafe(32), token[:-2], ""):
+        with pytest.raises(SignUpClosedError):
+            accounts.sign_up("carol@example.com", NEW_PASSWORD, invite_token=guess)
+    assert accounts.sign_up(" CAROL@example.com ", NEW_PASSWORD, invite_token=token).email == "carol@example.com"
+    with pytest.raises(SignUpClosedError):
+        accounts.sign_up("dave@example.com", NEW_PASSWORD, invite_token=token)
+    with pytest.raises(SignUpClosedError):
+        accounts.sign_up("carol@example.com", NEW_PASSWORD)  # no open sign-up by leaving the token out
+
+
+# -- accounts: sessions and API tokens ---------------------------------------------------------------------
+
+
+def test_session_reuse_after_logout_password_change_reset_or_disable_is_refused(
+    accounts: Accounts, inbox: Inbox, clock: FakeClock
+) -> None:
+    uid = make_user(accounts)
+    token = _sign_in(accounts, inbox)
+    assert accounts.logout(token)
+    assert accounts.authenticate_session(token) is None
+    assert not accounts.logout(token)  # a second logout finds nothing to end
+
+    kept, other = _sign_in(accounts, inbox), _sign_in(accounts, inbox)
+    accounts.change_password(uid, PASSWORD, NEW_PASSWORD, keep_session_token=kept)
+    assert accounts.authenticate_session(other) is None
+    assert accounts.authenticate_session(kept) is not None
+
+    accounts.reset_password(_reset_link(accounts, inbox, "alice@example.com"), PASSWORD)
+    assert accounts.authenticate_session(kept) is None
+
+    token = _sign_in(accounts, inbox)
+    accounts.set_disabled(ACTOR, "alice@example.com", True)
+    assert accounts.authenticate_session(token) is None
+    accounts.set_disabled(ACTOR, "alice@example.com", False)
+    assert accounts.authenticate_session(token) is None  # enabling again does not revive it
+
+    token = _sign_in(accounts, inbox)
+    clock.advance(accounts.settings.session_lifetime_seconds + 1)
+    assert accounts.authenticate_session(token) is None
+
+
+def test_session_fixation_is_refused(accounts: Accounts, inbox: Inbox) -> None:
+    """No way in takes a session id from the client: each sign-in mints one, and turning 2FA on (a
+    privilege change) replaces it, so an id planted or seen before is worth nothing after."""
+    uid = make_user(accounts)
+    planted = _sign_in(accounts, inbox)
+    mine = _sign_in(accounts, inbox)
+    assert mine != planted
+    enrolment = accounts.begin_totp(uid)
+    _, rotated = accounts.confirm_totp(uid, totp_code(enrolment.secret, accounts), session_token=mine)
+    assert rotated and rotated != mine
+    assert accounts.authenticate_session(mine) is None
+    assert accounts.authenticate_session(rotated) is not None
+    # Someone else's session id cannot be rotated into one's own, nor ended, nor kept.
+    bob = make_user(accounts, "bob@example.com")
+    bobs = _sign_in(accounts, inbox, "bob@example.com")
+    bob_session = accounts.authenticate_session(bobs)
+    assert bob_session is not None
+    with pytest.raises(NotFoundError):
+        accounts.end_session(uid, bob_session.session_id)
+    assert accounts.authenticate_session(bobs) is not None and bob != uid
+
+
+def test_api_token_scope_escalation_is_refused(accounts: Accounts) -> None:
+    uid = make_user(accounts)
+    admin = make_user(accounts, "root@example.com", admin=True)
+    for scopes in (["admin"], ["things:read admin"], ["things:read", "ADMIN"], ["*"], []):
+        with pytest.raises((PermissionDeniedError, InvalidInputError)):
+            accounts.create_api_token(uid, "script", scopes)
+    reader = accounts.create_api_token(uid, "script", ["things:read"]).token
+    assert accounts.authenticate_api_token(reader, "things:read").id == uid
+    for scope in ("things:control", "admin", "account:read"):
+        with pytest.raises(PermissionDeniedError):
+            accounts.authenticate_api_token(reader, scope)
+    # An admin's admin token stops carrying admin the moment they are no longer an admin.
+    root = accounts.create_api_token(admin, "ops", ["admin"]).token
+    accounts.set_admin(ACTOR, "root@example.com", False)
+    with pytest.raises(PermissionDeniedError):
+        accounts.authenticate_api_token(root, "admin")
+    # Another user's token cannot be revoked (or seen) by guessing its id; a revoked one is dead.
+    info = accounts.list_api_tokens(uid)[0]
+    with pytest.raises(NotFoundError):
+        accounts.revoke_api_token(admin, info.id)
+    accounts.revoke_api_token(uid, info.id)
+    with pytest.raises(InvalidTokenError):
+        accounts.authenticate_api_token(reader, "things:read")
+    for forged in ("", "twk_", reader[:-1], reader.replace("twk_", "")):
+        with pytest.raises(InvalidTokenError):
+            accounts.authenticate_api_token(forged, "things:read")
+
+
+def test_one_household_seeing_or_controlling_anothers_device_is_refused(accounts: Accounts, platform: Platform) -> None:
+    for email in ("alice@example.com", "bob@example.com", "sam@example.com"):
+        make_user(accounts, email)
+    with platform.db.session() as session:
+        for name in ("alice-door", "bob-door"):
+            things.add_thing(session, ACTOR, name)
+        for group in ("smiths", "joneses", "support"):
+            sharing.add_user_group(session, ACTOR, group)
+        users = {u.email: u for u in session.query(User)}
+        sharing.add_member(session, ACTOR, "smiths", users["alice@example.com"])
+        sharing.add_member(session, ACTOR, "joneses", users["bob@example.com"])
+        sharing.add_member(session, ACTOR, "support", users["sam@example.com"])
+        sharing.share_thing(session, ACTOR, "alice-door", "smiths", "owner")
+        sharing.share_thing(session, ACTOR, "bob-door", "joneses", "owner")
+        sharing.share_thing(session, ACTOR, "bob-door", "support", "viewer")
+    with platform.db.read() as session:
+        users = {u.email: u for u in session.query(User)}
+        alice, bob, sam = users["alice@example.com"], users["bob@example.com"], users["sam@example.com"]
+        assert [t.name for t in sharing.visible_things(session, alice)] == ["alice-door"]
+        for control in (False, True):
+            with pytest.raises(NotFoundError) as other:
+                sharing.get_visible_thing(session, alice, "bob-door", control=control)
+            with pytest.raises(NotFoundError) as missing:
+                sharing.get_visible_thing(session, alice, "no-such-door", control=control)
+            # "not yours" and "no such thing" are the same answer: names of others' devices do not leak.
+            assert str(other.value).replace("bob-door", "X") == str(missing.value).replace("no-such-door", "X")
+        assert sharing.get_visible_thing(session, sam, "bob-door").name == "bob-door"
+        with pytest.raises(NotFoundError):
+            sharing.get_visible_thing(session, sam, "bob-door", control=True)  # a viewer does not control
+        assert sharing.can_control(session, bob, things.get_thing(session, "bob-door"))
+    # Taken out of the household, bob loses the door at once.
+    with platform.db.session() as session:
+        sharing.remove_member(session, ACTOR, "joneses", session.query(User).filter_by(email="bob@example.com").one())
+    with platform.db.read() as session:
+        bob = session.query(User).filter_by(email="bob@example.com").one()
+        assert list(sharing.visible_things(session, bob)) == []
+
+
+def test_secrets_reaching_the_audit_log_or_the_logs_is_refused(
+    accounts: Accounts, inbox: Inbox, platform: Platform, caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    uid = make_user(accounts)
+    secrets_seen = [PASSWORD, NEW_PASSWORD]
+    session_token = _sign_in(accounts, inbox)
+    secrets_seen += [session_token, inbox.find("alice@example.com", r"the code is (\d{8})")]
+    accounts.login("alice@example.com", "wrong " + PASSWORD, ip="10.3.3.3")
+    secret, codes = _with_totp(accounts, uid)
+    secrets_seen += [secret, *codes]
+    clock.advance(60)
+    code = totp_code(secret, accounts)
+    secrets_seen.append(code)
+    accounts.login("alice@example.com", PASSWORD, second_factor=code)
+    accounts.login("alice@example.com", PASSWORD, second_factor=codes[1])
+    secrets_seen.append(accounts.create_api_token(uid, "ci", ["things:read"]).token)
+    reset = _reset_link(accounts, inbox, "alice@example.com")
+    secrets_seen.append(reset)
+    accounts.reset_password(reset, NEW_PASSWORD)
+    secrets_seen.append(accounts.invite(ACTOR, "carol@example.com"))
+    secrets_seen.append(accounts.admin_reset_password(ACTOR, "alice@example.com"))
+    secrets_seen.append(accounts.csrf_token(session_token))
+    with platform.db.read() as session:
+        events = list_events(session, 10_000)
+        recorded = "\n".join(f"{e.actor} {e.action} {e.target} {e.detail}" for e in events)
+        stored = "\n".join(str(v) for u in session.query(User) for v in vars(u).values())
+    assert len(events) > 10
+    for value in secrets_seen:
+        assert value not in recorded, f"a secret in the audit log: {value[:6]}..."
+        assert value not in caplog.text, f"a secret in the logs: {value[:6]}..."
+        assert value not in stored, f"a secret stored in clear: {value[:6]}..."
