@@ -10,6 +10,9 @@ MQTT clients over mutual TLS, and the real HTTPS API for OTA.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
 import logging
 import re
 import secrets
@@ -17,21 +20,32 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import update
 
 from lab.accounts import PASSWORD, FakeClock, make_accounts, make_user, totp_code
+from thingward import live
 from thingward.accounts import sharing
 from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
 from thingward.accounts.service import LOCKED_MESSAGE, REFUSED_MESSAGE, Accounts, LoginOutcome
+from thingward.audit import checks
+from thingward.audit.gather import gather_snapshot as gather
+from thingward.audit.mitigate import mitigate, undo_mitigation
+from thingward.audit.model import CheckResult, Finding, finding_id
+from thingward.audit.suppress import Suppression, apply_suppressions
 from thingward.config import SmtpSettings
-from thingward.errors import InvalidInputError, NotFoundError
+from thingward.errors import ConflictError, InvalidInputError, NotFoundError
+from thingward.ingest.store import StoredMessage, count_messages, store_messages
 from thingward.platform import Platform, cli_actor
-from thingward.registry import things
+from thingward.policy.engine import PolicyEngine
+from thingward.registry import device_state, policies, things
 from thingward.registry.audit_log import list_events
-from thingward.registry.models import User
+from thingward.registry.audit_records import add_suppression
+from thingward.registry.models import Thing, User
 
 ACTOR = cli_actor()
 NEW_PASSWORD = "marmalade tugboat orchestra"
@@ -502,3 +516,333 @@ def test_secrets_reaching_the_audit_log_or_the_logs_is_refused(
         assert value not in recorded, f"a secret in the audit log: {value[:6]}..."
         assert value not in caplog.text, f"a secret in the logs: {value[:6]}..."
         assert value not in stored, f"a secret stored in clear: {value[:6]}..."
+
+
+# -- audit mitigation on a served platform, device-reported state ----------------------------------------------
+
+PEEK_POLICY = {
+    "statements": [
+        {
+            "effect": "allow",
+            "actions": ["publish"],
+            "resources": ["things/cam-b/state", "things/cam-b/telemetry", "things/cam-b/commands/#"],
+        },
+        {"effect": "allow", "actions": ["subscribe", "receive"], "resources": ["things/cam-b/#"]},
+    ]
+}
+SENTINEL_POLICY = {
+    "statements": [{"effect": "allow", "actions": ["publish"], "resources": ["things/cam-a/commands/#"]}]
+}
+
+
+def _report_of(served: Any, name: str) -> dict[str, Any] | None:
+    with served.platform.db.read() as session:
+        latest = device_state.latest_report(session, name)
+        return None if latest is None else {"model": latest.model, **latest.report.to_dict()}
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def _telemetry_count(served: Any, name: str) -> int:
+    with served.platform.db.read() as session:
+        return count_messages(session, things.get_thing(session, name))
+
+
+def test_quarantined_device_publishing_or_reaching_other_things_topics_is_refused(served: Any, served_raw: Any) -> None:
+    """cam-a may (by a policy of its own) write cam-b's topics and read them. A device that forges another's
+    state report is ignored; once cam-a is quarantined it can neither publish (telemetry, its own state to
+    clear its finding, another's commands) nor read cam-b's topics, over a subscription made before."""
+    a, b = served.enroll("cam-a"), served.enroll("cam-b")
+    with served.platform.db.session() as session:
+        policies.add_policy(session, ACTOR, "peek", json.dumps(PEEK_POLICY))
+        policies.attach_policy(session, ACTOR, "peek", thing="cam-a")
+        policies.add_policy(session, ACTOR, "sentinel", json.dumps(SENTINEL_POLICY))
+        policies.attach_policy(session, ACTOR, "sentinel", thing="cam-b")
+    served.sync()
+    cam_a, cam_b = served_raw.connect(served.port, a), served_raw.connect(served.port, b)
+    cam_b.publish("things/cam-b/state", b'{"firmware":{"model":"cam","version":"1.0"},"ports":{"tcp":[443]}}')
+    assert _wait(lambda: _report_of(served, "cam-b") is not None)
+    # A device writing another device's report: the broker's policy allows the publish, ingest ignores it.
+    cam_a.publish("things/cam-b/state", b'{"firmware":{"model":"other","version":"9.9"},"ports":{"tcp":[]}}', pid=2)
+    cam_a.publish("things/cam-a/state", b'{"firmware":{"model":"cam","version":"1.0"},"ports":{"tcp":[23]}}', pid=3)
+    assert _wait(lambda: (_report_of(served, "cam-a") or {}).get("ports", {}).get("tcp") == [23])
+    forged = _report_of(served, "cam-b")
+    assert forged is not None and forged["model"] == "cam" and forged["ports"]["tcp"] == [443]
+
+    assert cam_a.subscribe(4, "things/cam-b/#", "things/cam-a/commands/#") == [1, 1]
+    fid = finding_id("DEVICE_OPEN_PORTS", "thing:cam-a")
+    done = mitigate(served.platform, ACTOR, fid, "quarantine")
+    assert done.policies == ["peek"] and done.groups == ["default"]
+    served.sync()
+
+    stored = _telemetry_count(served, "cam-a")
+    for pid, (topic, payload) in enumerate(
+        [
+            ("things/cam-a/telemetry", b'{"t": 1}'),
+            ("things/cam-a/state", b'{"firmware":{"model":"cam","version":"1.0"},"ports":{"tcp":[]}}'),
+            ("things/cam-b/state", b'{"ports":{"tcp":[]}}'),
+        ],
+        start=10,
+    ):
+        cam_a.send(kit_publish(topic, payload, pid))
+    cam_b.subscribe(20, "things/cam-b/commands/#")
+    cam_a.send(kit_publish("things/cam-b/commands/unlock", b"now", 30))
+    # cam-b's own telemetry, then a sentinel to cam-a's commands (which quarantine still delivers): what cam-a
+    # receives up to the sentinel must not include cam-b's telemetry.
+    cam_b.publish("things/cam-b/telemetry", b'{"secret": 1}', pid=21)
+    cam_b.publish("things/cam-a/commands/ping", b"sentinel", pid=22)
+    got = [topic for topic, *_ in cam_a.publishes_until("things/cam-a/commands/ping")]
+    assert got == ["things/cam-a/commands/ping"], got
+    with pytest.raises(TimeoutError):
+        cam_b.publishes_until("things/cam-b/commands/unlock", timeout=1.0)
+    assert cam_a.subscribe(40, "things/cam-b/#")[0] == 0x80
+    time.sleep(0.3)  # the writer flushes every 0.1 s
+    assert _telemetry_count(served, "cam-a") == stored
+    assert _report_of(served, "cam-a")["ports"]["tcp"] == [23]  # type: ignore[index]
+    assert _report_of(served, "cam-b")["ports"]["tcp"] == [443]  # type: ignore[index]
+
+
+def kit_publish(topic: str, payload: bytes, pid: int) -> bytes:
+    from lab.mqtt_packets import publish_packet
+
+    return publish_packet(topic, payload, qos=1, pid=pid)
+
+
+@pytest.fixture
+def stale_cam(platform: Platform) -> str:
+    """cam1 in group "cams" (publish anything under its own prefix), not seen for 60 days: a STALE_DEVICE finding."""
+    wide = {"statements": [{"effect": "allow", "actions": ["publish"], "resources": ["things/${thing.name}/#"]}]}
+    with platform.db.session() as session:
+        things.add_group(session, ACTOR, "cams")
+        things.add_group(session, ACTOR, "site")
+        things.add_thing(session, ACTOR, "cam1", groups=["default", "cams"])
+        policies.add_policy(session, ACTOR, "wide", json.dumps(wide))
+        policies.attach_policy(session, ACTOR, "wide", group="site")
+        policies.attach_policy(session, ACTOR, "wide", group="cams")
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(days=60)
+        session.execute(update(Thing).where(Thing.name == "cam1").values(created_at=old))
+    return finding_id("STALE_DEVICE", "thing:cam1")
+
+
+def _engine(platform: Platform) -> PolicyEngine:
+    with platform.db.read() as session:
+        return PolicyEngine(policies.load_policy_world(session))
+
+
+def test_quarantine_widened_through_a_parent_of_the_quarantine_group_is_refused(
+    platform: Platform, stale_cam: str
+) -> None:
+    """The quarantine group given a parent (every group under one "site", say) would inherit the parent's
+    policies: quarantine puts the group back at the top, as it puts back its policy. Fixed in
+    `_ensure_quarantine`."""
+    with platform.db.session() as session:
+        things.add_group(session, ACTOR, "quarantine")
+        things.set_group_parent(session, ACTOR, "quarantine", "site")
+    assert _engine(platform).authorize("cam1", "publish", "things/cam1/telemetry")
+    mitigate(platform, ACTOR, stale_cam, "quarantine")
+    engine = _engine(platform)
+    assert not engine.authorize("cam1", "publish", "things/cam1/telemetry")
+    assert not engine.authorize("cam1", "publish", "things/cam1/state")
+    assert engine.authorize("cam1", "publish", "things/cam1/update/status")
+
+
+def test_undo_restoring_more_than_was_there_is_refused(platform: Platform, stale_cam: str) -> None:
+    mitigate(platform, ACTOR, stale_cam, "quarantine")
+    with platform.db.session() as session:
+        # Meanwhile the thing gains a finding of another check; its id undoes nothing.
+        things.set_attribute(session, ACTOR, "cam1", "note", "x")
+    other = finding_id("DEVICE_OPEN_PORTS", "thing:cam1")
+    with pytest.raises(NotFoundError):
+        undo_mitigation(platform, ACTOR, other, "quarantine")
+    with pytest.raises(InvalidInputError):
+        undo_mitigation(platform, ACTOR, stale_cam, "revoke")
+    with pytest.raises(ConflictError):
+        mitigate(platform, ACTOR, stale_cam, "quarantine")  # twice would remember "quarantine" as a group to restore
+    undone = undo_mitigation(platform, ACTOR, stale_cam, "quarantine")
+    assert sorted(undone.groups) == ["cams", "default"]
+    with pytest.raises(NotFoundError):
+        undo_mitigation(platform, ACTOR, stale_cam, "quarantine")  # a second undo has nothing left to give
+    with platform.db.read() as session:
+        assert sorted(g.name for g in things.get_thing(session, "cam1").groups) == ["cams", "default"]
+
+
+def test_suppression_hiding_another_resource_or_outliving_its_expiry_is_refused(platform: Platform) -> None:
+    now = dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC)
+    info = checks.STALE_DEVICE
+    result = CheckResult(
+        info,
+        "fail",
+        tuple(Finding(r, "old", "medium") for r in ("thing:cam", "thing:cam1", "thing:cam-1", "thing:CAM")),
+    )
+
+    def suppression(resource: str | None, expires: dt.datetime, check: str = info.id) -> Suppression:
+        return Suppression(1, check, resource, "accepted", now, "t", expires)
+
+    later = now + dt.timedelta(days=1)
+    kept = apply_suppressions([result], [suppression("thing:cam", later)], now)
+    assert [f.finding.resource for f in kept.suppressed] == ["thing:cam"]
+    assert [f.resource for f in kept.results[0].findings] == ["thing:cam1", "thing:cam-1", "thing:CAM"]
+    # Past its expiry (to the second) it hides nothing, and says so.
+    lapsed = apply_suppressions([result], [suppression("thing:cam", now)], now)
+    assert not lapsed.suppressed and len(lapsed.expired) == 1 and len(lapsed.results[0].findings) == 4
+    # Another check's suppression, or one for "thing:" / "" / "*", hides nothing here.
+    for other in (
+        suppression("thing:cam", later, "DEVICE_OPEN_PORTS"),
+        suppression("thing:", later),
+        suppression("", later),
+        suppression("*", later),
+        suppression("thing:cam*", later),
+    ):
+        assert not apply_suppressions([result], [other], now).suppressed, other
+    with platform.db.session() as session:
+        with pytest.raises(InvalidInputError):
+            add_suppression(session, ACTOR, info.id, None, "accepted", now - dt.timedelta(seconds=1), now)
+        with pytest.raises(InvalidInputError):
+            add_suppression(session, ACTOR, info.id, None, "accepted", now + dt.timedelta(days=366), now)
+        with pytest.raises(InvalidInputError):
+            add_suppression(session, ACTOR, info.id, None, "   ", later, now)
+
+
+def test_suppression_for_an_absurd_duration_is_a_clear_error_not_a_crash(platform: Platform) -> None:
+    from typer.testing import CliRunner
+
+    from thingward.cli.main import app
+
+    data = str(platform.settings.data_dir)
+    for duration in ("99999999999d", "9999999999999w"):
+        result = CliRunner().invoke(
+            app, ["audit", "suppress", "STALE_DEVICE", "--reason", "x", "--for", duration, "--data-dir", data]
+        )
+        assert result.exit_code != 0, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert "--for" in result.output + (result.stderr or ""), result.output
+
+
+# -- device-reported state and the live file ------------------------------------------------------------------
+
+HOSTILE_REPORTS = {
+    "nested 8000 deep": b'{"ports":{"tcp":' + b"[" * 8000 + b"]" * 8000 + b"}}",
+    "a 15000-digit port": b'{"ports":{"tcp":[' + b"9" * 15000 + b"]}}",
+    "over the size limit": b'{"firmware":{"model":"m","version":"' + b"1" * 20000 + b'"}}',
+    "1e999999": b'{"ports":{"tcp":[1e999999]}}',
+    "NaN": b'{"ports":{"tcp":[NaN]}}',
+    "23.0": b'{"ports":{"tcp":[23.0]}}',
+    "a string port": b'{"ports":{"tcp":["23"]}}',
+    "port 0 and 65536": b'{"ports":{"tcp":[0, 65536]}}',
+    "not UTF-8": b'{"firmware":{"model":"a","version":"\xff\xfe"}}',
+    "a NUL in the version": b'{"firmware":{"model":"a","version":"1.0\\u0000"}}',
+    "control characters in the version": b'{"firmware":{"model":"a","version":"1.0\\u001b[2J"}}',
+    "a year past 9999": b'{"onboarding":{"state":"ap","since":"99999-01-01T00:00:00Z"}}',
+    "2000 ports": b'{"ports":{"tcp":[' + b",".join(b"80" for _ in range(2000)) + b"]}}",
+    "an unknown key": b'{"firmware":{"model":"a","version":"1"},"admin":true}',
+    "null": b"null",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_REPORTS))
+def test_hostile_state_report_crashing_or_stalling_ingest_is_refused(platform: Platform, name: str) -> None:
+    """Each report is refused in well under a millisecond-scale budget with InvalidInputError (nothing else),
+    and a batch that carries it still stores the other things' messages: one device cannot lose the rest
+    of the batch (a NUL in a string would make PostgreSQL refuse the whole transaction: refused at parse)."""
+    payload = HOSTILE_REPORTS[name]
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError):
+        device_state.parse_state_report(payload)
+    assert time.perf_counter() - start < 0.05
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "evil")
+        things.add_thing(session, ACTOR, "good")
+    now = dt.datetime.now(dt.UTC)
+    batch = [
+        StoredMessage("good", "things/good/state", "state", None, b'{"ports":{"tcp":[443]}}', now),
+        StoredMessage("evil", "things/evil/state", "state", None, payload, now),
+        StoredMessage("good", "things/good/telemetry", "telemetry", None, b'{"t":1}', now),
+    ]
+    with platform.db.session() as session:
+        assert store_messages(session, batch, 100) == 1
+    with platform.db.read() as session:
+        assert device_state.latest_report(session, "evil") is None
+        good = device_state.latest_report(session, "good")
+        assert good is not None and good.report.tcp_ports == (443,)
+
+
+def test_device_choosing_the_model_profile_it_is_judged_by_is_refused(platform: Platform) -> None:
+    """With the operator's `model` attribute set, the device's own claim does not pick the profile; and no
+    profile, however permissive, lets Telnet pass."""
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")
+        things.set_attribute(session, ACTOR, "cam1", device_state.MODEL_ATTRIBUTE, "cam")
+        device_state.set_model(session, ACTOR, "cam", [443], [])
+        device_state.set_model(session, ACTOR, "anything", [23, 2323, 8080], [])
+        thing = things.get_thing(session, "cam1")
+        report = device_state.parse_state_report(
+            b'{"firmware":{"model":"anything","version":"1.0"},"ports":{"tcp":[23,8080]}}'
+        )
+        device_state.store_report(session, thing.id, report, dt.datetime.now(dt.UTC))
+    with platform.db.read() as session:
+        latest = device_state.latest_report(session, "cam1")
+        assert latest is not None and latest.model == "cam"
+    snapshot = gather(platform)
+    found = {f.message for f in checks.device_open_ports(snapshot).findings}
+    assert any("Telnet listening on TCP 23" in m for m in found), found
+    assert any("TCP 8080 is not in model cam's" in m for m in found), found
+
+
+def test_device_hiding_telnet_behind_a_malformed_report_is_refused(platform: Platform) -> None:
+    """A report that cannot be parsed does not replace the last good one: a device that once said Telnet
+    is open cannot make the finding go away by sending garbage."""
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")
+    now = dt.datetime.now(dt.UTC)
+    telnet = StoredMessage("cam1", "things/cam1/state", "state", None, b'{"ports":{"tcp":[23]}}', now)
+    with platform.db.session() as session:
+        store_messages(session, [telnet], 100)
+    for junk in (b'{"ports":{"tcp":["23"]}}', b'{"ports":{"tcp":[23]},"x":1}', b"{", b'{"ports":{"tcp":[-23]}}'):
+        with platform.db.session() as session:
+            store_messages(session, [dataclasses.replace(telnet, payload=junk)], 100)
+    found = checks.device_open_ports(gather(platform)).findings
+    assert [f.message for f in found if f.severity == "critical"] == ["Telnet listening on TCP 23: a plaintext login"]
+
+
+def test_onboarding_window_hidden_by_a_start_time_in_the_future_is_refused(platform: Platform) -> None:
+    """A device in access point mode that says it entered it in 2099 (a clock never set, or a lie) must not
+    pass as "just started": a start in the future is a finding of its own. Fixed in the check."""
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "plug")
+        thing = things.get_thing(session, "plug")
+        report = device_state.parse_state_report(b'{"onboarding":{"state":"ap","since":"2099-01-01T00:00:00Z"}}')
+        device_state.store_report(session, thing.id, report, dt.datetime.now(dt.UTC))
+    found = checks.onboarding_window_open(gather(platform)).findings
+    assert [f.resource for f in found] == ["thing:plug"], found
+
+
+def test_stale_or_forged_live_file_misleading_the_audit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "live.json"
+    now = dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC)
+    session = {"thing": "cam1", "serial": "ab", "peer": "127.0.0.1:1", "since": now.isoformat()}
+    live.write_live_state(path, [session], {}, now=now)
+    assert live.read_live_state(path, now + dt.timedelta(seconds=5)) is not None
+    assert live.read_live_state(path, now + live.MAX_AGE + dt.timedelta(seconds=1)) is None  # stale
+    # Dated in the future (a server whose clock was ahead, then corrected; or a hand-made file): it would
+    # pass as fresh for as long as the date lies ahead. Fixed in read_live_state.
+    live.write_live_state(path, [session], {}, now=now + dt.timedelta(days=365))
+    assert live.read_live_state(path, now) is None
+    for forged in (
+        b"",
+        b"[]",
+        b'{"written_at": 1}',
+        b'{"written_at": "2026-11-24T12:00:00", "sessions": [], "takeovers": {}}',  # no zone
+        json.dumps({"written_at": now.isoformat(), "sessions": [{"thing": "x"}], "takeovers": {}}).encode(),
+        json.dumps({"written_at": now.isoformat(), "sessions": "x", "takeovers": []}).encode(),
+        json.dumps({"written_at": now.isoformat(), "sessions": [], "takeovers": {"x": [{"at": 1}]}}).encode(),
+    ):
+        path.write_bytes(forged)
+        assert live.read_live_state(path, now) is None, forged
