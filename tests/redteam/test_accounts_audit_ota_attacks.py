@@ -38,8 +38,13 @@ from thingward.audit.mitigate import mitigate, undo_mitigation
 from thingward.audit.model import CheckResult, Finding, finding_id
 from thingward.audit.suppress import Suppression, apply_suppressions
 from thingward.config import SmtpSettings
+from thingward.device.enroll import server_context
+from thingward.device.update import FirmwareUpdater, UpdateRefusedError
 from thingward.errors import ConflictError, InvalidInputError, NotFoundError
 from thingward.ingest.store import StoredMessage, count_messages, store_messages
+from thingward.ota import firmware
+from thingward.ota.keys import create_key_set
+from thingward.ota.repository import OtaRepository
 from thingward.platform import Platform, cli_actor
 from thingward.policy.engine import PolicyEngine
 from thingward.registry import device_state, policies, things
@@ -846,3 +851,139 @@ def test_stale_or_forged_live_file_misleading_the_audit_is_refused(tmp_path: Pat
     ):
         path.write_bytes(forged)
         assert live.read_live_state(path, now) is None, forged
+
+
+# -- OTA ------------------------------------------------------------------------------------------------------
+
+FACTORY_IMAGE = b"factory image 1.0.0" * 100
+
+
+@pytest.fixture
+def repo(platform: Platform, tmp_path: Path) -> OtaRepository:
+    keys = tmp_path / "ota-keys"
+    create_key_set(keys, root_keys=1, root_threshold=1)
+    return OtaRepository.initialise(OtaRepository.for_data_dir(platform.settings.data_dir).path, keys)
+
+
+def _publish(api: Any, repo: OtaRepository, tmp_path: Path, model: str, version: str, **kw: Any) -> bytes:
+    data = secrets.token_bytes(120_000)
+    source = tmp_path / f"{model}-{version}.img"
+    source.write_bytes(data)
+    with api.platform.db.session() as session:
+        firmware.publish_image(session, repo, ACTOR, source, model, version, **kw)
+    return data
+
+
+def _device(api: Any, repo: OtaRepository, tmp_path: Path, version: str = "1.0.0") -> FirmwareUpdater:
+    return FirmwareUpdater.provision(
+        tmp_path / f"dev-{version}",
+        (repo.metadata_dir / "1.root.json").read_bytes(),
+        FACTORY_IMAGE,
+        version,
+        api.url,
+        api.platform.ca_certificate_path,
+        "cam",
+    )
+
+
+def _raw_get(api: Any, path: str) -> tuple[int, bytes]:
+    """A GET sent byte for byte (no client normalises the dots away), over the API's TLS."""
+    host, port = api.url.removeprefix("https://").rsplit(":", 1)
+    context = server_context(api.platform.ca_certificate_path)
+    chunks = []
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as plain,
+        context.wrap_socket(plain, server_hostname=host) as sock,
+    ):
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_ota_path_traversal_in_metadata_and_target_urls_is_refused(api: Any, repo: OtaRepository) -> None:
+    """The online signing keys sit beside the metadata (repository/keys/): no URL may reach them, nor the
+    data dir's keys above."""
+    secrets_on_disk = [p.read_bytes() for p in repo.keys_dir.iterdir() if p.is_file()]
+    secrets_on_disk.append(api.platform.server_key_path.read_bytes())
+    assert secrets_on_disk
+    escapes = ["..%2Fkeys%2Fsigners.json", "%2e%2e%2fkeys%2fsigners.json", "..%252Fkeys%252Fsigners.json"]
+    paths = [f"/ota/metadata/{e}" for e in escapes]
+    paths += [
+        "/ota/metadata/../keys/signers.json",
+        "/ota/metadata/..\\keys\\signers.json",
+        "/ota/metadata/1.root.json%00.pem",
+        "/ota/metadata/timestamp.json%0A",
+        "/ota/targets/../keys/signers.json",
+        "/ota/targets/..%2F..%2F/server.key",
+        "/ota/targets/../" + "0" * 64 + ".x.img",
+        "/ota/targets/cam/..%2F..%2Fkeys%2Fsigners.json",
+        "/ota/targets/%2e%2e/" + "0" * 64 + ".x.img",
+        "/ota/metadata/" + "9" * 11 + ".root.json",
+    ]
+    for path in paths:
+        status, body = _raw_get(api, path)
+        assert status in {400, 404}, (path, status)
+        assert not any(secret in body for secret in secrets_on_disk), path
+    for name in ("../keys/signers.json", "timestamp.json\n", "/etc/passwd", "root.json/..", ""):
+        assert repo.metadata_file(name) is None, name
+    for model, name in ((".", "x.img"), ("..", "0" * 64 + ".x.img"), ("cam/..", "0" * 64 + ".x.img")):
+        assert repo.target_file(model, name) is None, (model, name)
+    assert _raw_get(api, "/ota/metadata/timestamp.json")[0] == 200  # the door itself works
+
+
+def test_ota_target_for_another_model_is_refused(api: Any, repo: OtaRepository, tmp_path: Path) -> None:
+    device = _device(api, repo, tmp_path)
+    _publish(api, repo, tmp_path, "doorbell", "9.0.0")
+    assert device.update().status == "up_to_date"
+    with pytest.raises(UpdateRefusedError, match=r"no signed target cam/9\.0\.0\.img"):
+        device.update(version="9.0.0")
+    # A target signed under cam's path but for another model (an operator's slip, or a signer misused).
+    stray = tmp_path / "stray.img"
+    stray.write_bytes(secrets.token_bytes(1000))
+    repo.add_target("cam/5.0.0.img", stray, {"model": "doorbell", "version": "5.0.0"})
+    assert device.update().status == "up_to_date"
+    with pytest.raises(UpdateRefusedError, match="signed for model 'doorbell', not cam"):
+        device.update(version="5.0.0")
+    assert device.running_version == "1.0.0" and device.slots.load().trial is None
+
+
+def test_ota_downgrade_or_skip_via_min_version_is_refused(api: Any, repo: OtaRepository, tmp_path: Path) -> None:
+    old = _device(api, repo, tmp_path, "1.0.0")
+    _publish(api, repo, tmp_path, "cam", "2.0.0", min_version="1.5.0")
+    with pytest.raises(UpdateRefusedError, match=r"needs at least 1\.5\.0"):
+        old.update()
+    source = tmp_path / "x.img"
+    source.write_bytes(b"x" * 100)
+    with api.platform.db.session() as session:
+        for version, floor in (("3.0.0", "3.0.0"), ("3.0.0", "4.0"), ("1.9.0", None), ("2.0.0", None)):
+            with pytest.raises((InvalidInputError, ConflictError)):
+                firmware.publish_image(session, repo, ACTOR, source, "cam", version, min_version=floor)
+    newer = _device(api, repo, tmp_path, "2.5.0")
+    with pytest.raises(UpdateRefusedError, match="older than the running"):
+        newer.update(version="2.0.0")
+    assert old.running_version == "1.0.0" and newer.running_version == "2.5.0"
+
+
+def test_ota_resumed_download_splicing_attacker_bytes_is_refused(api: Any, repo: OtaRepository, tmp_path: Path) -> None:
+    """A partial download left on the device (by a broken-off try, or planted) is resumed with a Range
+    request: the image is still checked whole, so spliced bytes are refused and thrown away, and the next
+    try fetches it clean."""
+    device = _device(api, repo, tmp_path)
+    data = _publish(api, repo, tmp_path, "cam", "1.1.0")
+    sha = repo.targets().signed.targets["cam/1.1.0.img"].hashes["sha256"]
+    part = device.device_dir / "download" / f"{sha}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\x90" * 60_000)  # attacker bytes where the first 60 000 should be
+    with pytest.raises(UpdateRefusedError, match="does not match its signed length and hash"):
+        device.update()
+    assert not part.exists() and device.slots.load().trial is None
+    assert device.slots.slot_file("b").exists() is False
+    part.write_bytes(data[:60_000] + b"evil")  # the right start with a tail spliced on: the same
+    with pytest.raises(UpdateRefusedError):
+        device.update()
+    part.write_bytes(data + b"more")  # longer than the signed image: started over from nothing
+    outcome = device.update()
+    assert outcome.status == "installed" and outcome.downloaded_bytes == len(data)
+    assert device.slots.slot_file("b").read_bytes() == data
