@@ -27,10 +27,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import update
 
-from lab.accounts import PASSWORD, FakeClock, make_accounts, make_user, totp_code
+from lab.accounts import FAST, PASSWORD, FakeClock, make_accounts, make_user, totp_code
 from thingward import live
 from thingward.accounts import sharing
 from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
+from thingward.accounts.mail import QueuedMailer, SmtpMailer
 from thingward.accounts.service import LOCKED_MESSAGE, REFUSED_MESSAGE, Accounts, LoginOutcome
 from thingward.audit import checks
 from thingward.audit.gather import gather_snapshot as gather
@@ -211,6 +212,63 @@ def test_user_enumeration_by_login_timing_is_refused(accounts: Accounts) -> None
     assert 0.5 < known / unknown < 2.0, (known, unknown)
 
 
+class _SlowInbox(Inbox):
+    """An SMTP server that takes its time, as a real one across the internet does."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_user_enumeration_by_the_timing_of_the_lockout_notice_is_refused(platform: Platform, clock: FakeClock) -> None:
+    """The sign-in that locks a real account mails its owner; an unknown email has no one to mail. With the
+    queued mailer a door uses, that mail is sent off the request's clock: both answers take as long."""
+    inbox = _SlowInbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    mailer = QueuedMailer(SmtpMailer(SmtpSettings(host="127.0.0.1", port=controller.port, security="none")))
+    try:
+        accounts = Accounts(platform.db, dataclasses.replace(FAST, lockout_failures=3), mailer, clock)
+        make_user(accounts)
+        took = {}
+        for email in ("alice@example.com", "nobody@example.com"):
+            for _ in range(2):
+                clock.advance(61)
+                accounts.login(email, "not the password", ip="10.5.5.5")
+            clock.advance(61)
+            start = time.perf_counter()
+            assert accounts.login(email, "not the password", ip="10.5.5.5").outcome == LoginOutcome.LOCKED
+            took[email] = time.perf_counter() - start
+        assert abs(took["alice@example.com"] - took["nobody@example.com"]) < 0.15, took
+        assert mailer.flush(10) and any("locked" in body for body in inbox.bodies_to("alice@example.com"))
+    finally:
+        mailer.close()
+        controller.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="VULN (low, by design of open sign-up): with [accounts] signup = 'open', signing up with a taken email "
+    "says so ('exists already'), which tells anyone which emails have accounts. Invite-only sign-up (the default) "
+    "does not. Fix: answer every sign-up with 'check your mail' and mail the owner instead.",
+)
+def test_user_enumeration_through_open_sign_up_is_refused(
+    platform: Platform, smtp: tuple[Inbox, SmtpSettings], clock: FakeClock
+) -> None:
+    accounts = make_accounts(platform, smtp[1], clock, signup="open")
+    make_user(accounts)
+    answers = []
+    for email in ("alice@example.com", "nobody@example.com"):
+        try:
+            accounts.sign_up(email, NEW_PASSWORD)
+            answers.append("created")
+        except ConflictError:
+            answers.append("taken")
+    assert answers[0] == answers[1]
+
+
 # -- accounts: second factor ---------------------------------------------------------------------------------
 
 
@@ -298,7 +356,7 @@ def test_password_guessing_through_change_password_with_a_stolen_session_is_thro
 
 def test_recovery_code_reuse_in_any_spelling_is_refused(accounts: Accounts, clock: FakeClock) -> None:
     uid = make_user(accounts)
-    _, codes = _with_totp(accounts, uid)
+    secret, codes = _with_totp(accounts, uid)
     first = accounts.login("alice@example.com", PASSWORD, second_factor=codes[0])
     assert first.outcome == LoginOutcome.OK
     for spelling in (codes[0], codes[0].upper(), codes[0].replace("-", ""), f"  {codes[0].replace('-', ' ')} "):
@@ -306,6 +364,12 @@ def test_recovery_code_reuse_in_any_spelling_is_refused(accounts: Accounts, cloc
         again = accounts.login("alice@example.com", PASSWORD, second_factor=spelling)
         assert again.session_token is None, spelling
     assert accounts.recovery_codes_left(uid) == 9
+    clock.advance(61)
+    fresh = accounts.regenerate_recovery_codes(uid, PASSWORD, totp_code(secret, accounts))
+    clock.advance(61)
+    assert accounts.login("alice@example.com", PASSWORD, second_factor=codes[3]).session_token is None
+    clock.advance(61)
+    assert accounts.login("alice@example.com", PASSWORD, second_factor=fresh[0]).outcome == LoginOutcome.OK
     # Another account's code is no code for this one.
     bob = make_user(accounts, "bob@example.com")
     _, bobs = _with_totp(accounts, bob)
