@@ -1051,3 +1051,43 @@ def test_ota_resumed_download_splicing_attacker_bytes_is_refused(api: Any, repo:
     outcome = device.update()
     assert outcome.status == "installed" and outcome.downloaded_bytes == len(data)
     assert device.slots.slot_file("b").read_bytes() == data
+
+
+@pytest.mark.parametrize("cut_off", ["quarantine", "revoke"])
+def test_retained_message_of_a_quarantined_or_revoked_device_replayed_is_refused(
+    served: Any, served_raw: Any, cut_off: str
+) -> None:
+    """A forged 'unlock' that cam-a RETAINED on cam-b's commands (a policy let it) was replayed to every later
+    subscriber after cam-a was quarantined or revoked. Fixed: when the registry changes, the server drops each
+    retained message whose owner was revoked or may no longer publish it (`EmbeddedBroker.drop_retained`)."""
+    a, b = served.enroll("cam-a"), served.enroll("cam-b")
+    with served.platform.db.session() as session:
+        policies.add_policy(session, ACTOR, "peek", json.dumps(PEEK_POLICY))
+        policies.attach_policy(session, ACTOR, "peek", thing="cam-a")
+    served.sync()
+    cam_a = served_raw.connect(served.port, a)
+    cam_a.publish("things/cam-a/state", b'{"ports":{"tcp":[23]}}')
+    assert _wait(lambda: _report_of(served, "cam-a") is not None)
+    cam_a.send(kit_publish_retained("things/cam-b/commands/unlock", b"now", 2))
+    cam_a.send(kit_publish_retained("things/cam-b/commands/other", b"x", 3))
+    cam_a.expect(4)
+    cam_a.expect(4)
+    watcher = served_raw.connect(served.port, b, client_id="cam-b")
+    assert watcher.subscribe(1, "things/cam-b/commands/unlock") == [1]
+    watcher.publishes_until("things/cam-b/commands/unlock")  # retained, as MQTT says, while cam-a is trusted
+    watcher.close()
+    if cut_off == "quarantine":
+        mitigate(served.platform, ACTOR, finding_id("DEVICE_OPEN_PORTS", "thing:cam-a"), "quarantine")
+    else:
+        served.revoke("cam-a")
+    served.sync()
+    cam_b = served_raw.connect(served.port, b)
+    assert cam_b.subscribe(2, "things/cam-b/commands/#") == [1]
+    with pytest.raises(TimeoutError):
+        cam_b.publishes_until("things/cam-b/commands/unlock", timeout=1.0)
+
+
+def kit_publish_retained(topic: str, payload: bytes, pid: int) -> bytes:
+    from lab.mqtt_packets import publish_packet
+
+    return publish_packet(topic, payload, qos=1, retain=True, pid=pid)
