@@ -1091,3 +1091,24 @@ def kit_publish_retained(topic: str, payload: bytes, pid: int) -> bytes:
     from lab.mqtt_packets import publish_packet
 
     return publish_packet(topic, payload, qos=1, retain=True, pid=pid)
+
+
+def test_api_token_minted_by_a_stolen_session_outliving_a_password_reset_is_refused(
+    accounts: Accounts, inbox: Inbox
+) -> None:
+    """Someone with a stolen session makes a 90-day token with things:control; the owner notices and resets
+    the password (or an admin does). Sessions end, and so must that token: a reset revokes every API token
+    of the account. Fixed in `reset_password` / `admin_reset_password` (a plain password change keeps them)."""
+    uid = make_user(accounts)
+    stolen = accounts.create_api_token(uid, "backdoor", ["things:control"]).token
+    accounts.reset_password(_reset_link(accounts, inbox, "alice@example.com"), NEW_PASSWORD)
+    with pytest.raises(InvalidTokenError):
+        accounts.authenticate_api_token(stolen, "things:control")
+    again = accounts.create_api_token(uid, "backdoor", ["things:control"]).token
+    accounts.admin_reset_password(ACTOR, "alice@example.com")
+    with pytest.raises(InvalidTokenError):
+        accounts.authenticate_api_token(again, "things:control")
+    assert all(t.revoked for t in accounts.list_api_tokens(uid))
+    with accounts.db.read() as session:
+        resets = [json.loads(e.detail) for e in list_events(session, 100) if e.action.endswith("password_reset")]
+    assert sorted(r["api_tokens_revoked"] for r in resets) == [1, 1]

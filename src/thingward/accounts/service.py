@@ -387,7 +387,14 @@ class Accounts:
             ended = self._set_password(session, user, password, None)
             user.must_change_password = True
             throttle.unlock(session, throttle.account_key(user.email))
-            record_event(session, actor, "user.admin_password_reset", f"user:{user.email}", {"sessions_ended": ended})
+            revoked = self._revoke_api_tokens(session, user)
+            record_event(
+                session,
+                actor,
+                "user.admin_password_reset",
+                f"user:{user.email}",
+                {"sessions_ended": ended, "api_tokens_revoked": revoked},
+            )
             notices.mails.append(
                 self._notice(
                     user.email,
@@ -555,6 +562,19 @@ class Accounts:
         self._void_mailed_tokens(session, user)
         return self._end_sessions(session, user.id, keep=keep_session_token)
 
+    def _revoke_api_tokens(self, session: Session, user: User) -> int:
+        """A reset is what someone does who fears the account was taken: whatever API tokens were made with
+        it (by a stolen session, too) stop working with the sessions. Returns how many were live."""
+        now = self.clock()
+        return _changed(
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+
     def _void_mailed_tokens(self, session: Session, user: User) -> None:
         """Reset links and sign-in codes mailed before a new password or a new email address are void: an
         older link (in a mailbox read by someone else, or one since given up) must not set it again."""
@@ -656,12 +676,13 @@ class Accounts:
                 raise InvalidTokenError("this reset link is not valid (used, expired or mistyped): ask for a new one")
             ended = self._set_password(session, user, new_password, None)
             throttle.unlock(session, throttle.account_key(user.email))
+            revoked = self._revoke_api_tokens(session, user)
             record_event(
                 session,
                 Actor(user.email, f"ip:{ip}"),
                 "user.password_reset",
                 f"user:{user.email}",
-                {"sessions_ended": ended},
+                {"sessions_ended": ended, "api_tokens_revoked": revoked},
             )
             return self._info(session, user)
 
