@@ -1112,3 +1112,19 @@ def test_api_token_minted_by_a_stolen_session_outliving_a_password_reset_is_refu
     with accounts.db.read() as session:
         resets = [json.loads(e.detail) for e in list_events(session, 100) if e.action.endswith("password_reset")]
     assert sorted(r["api_tokens_revoked"] for r in resets) == [1, 1]
+
+
+def test_totp_code_in_non_ascii_digits_crashing_sign_in_is_refused(accounts: Accounts, clock: FakeClock) -> None:
+    """Fullwidth or Arabic-Indic digits pass str.isdigit, and hmac.compare_digest raised TypeError on them:
+    an unhandled error at sign-in and in the 2FA settings instead of "wrong code". Fixed in `totp.match_step`."""
+    uid = make_user(accounts)
+    secret, _ = _with_totp(accounts, uid)
+    for digits in ("\uff11\uff12\uff13\uff14\uff15\uff16", "\u0661\u0662\u0663\u0664\u0665\u0666", "12345\u00b2"):
+        clock.advance(61)
+        accounts.unlock(ACTOR, "alice@example.com")  # each input on a fresh count: the check itself must answer
+        result = accounts.login("alice@example.com", PASSWORD, second_factor=digits)
+        assert result.outcome == LoginOutcome.REFUSED and result.session_token is None, digits
+        with pytest.raises(AuthenticationError):
+            accounts.disable_totp(uid, PASSWORD, digits)
+    clock.advance(61)
+    assert accounts.login("alice@example.com", PASSWORD, second_factor=totp_code(secret, accounts)).session_token
