@@ -1128,3 +1128,15 @@ def test_totp_code_in_non_ascii_digits_crashing_sign_in_is_refused(accounts: Acc
             accounts.disable_totp(uid, PASSWORD, digits)
     clock.advance(61)
     assert accounts.login("alice@example.com", PASSWORD, second_factor=totp_code(secret, accounts)).session_token
+
+
+def test_csrf_token_forged_or_in_non_ascii_text_is_refused(accounts: Accounts, inbox: Inbox) -> None:
+    """A header decoded as Latin-1 can carry any character: a non-ASCII one made compare_digest raise
+    (an error page, not a refusal). Fixed in `check_csrf`. Another session's token is no token for this one."""
+    make_user(accounts)
+    make_user(accounts, "bob@example.com")
+    mine, bobs = _sign_in(accounts, inbox), _sign_in(accounts, inbox, "bob@example.com")
+    good = accounts.csrf_token(mine)
+    assert accounts.check_csrf(mine, good)
+    for forged in ("", good[:-1], good.upper(), accounts.csrf_token(bobs), good[:-1] + "\u00e9", "\u00e9" * 64):
+        assert not accounts.check_csrf(mine, forged), forged

@@ -1235,8 +1235,8 @@ class Accounts:
         return hmac.new(key, session_token.encode(), hashlib.sha256).hexdigest()
 
     def check_csrf(self, session_token: str, presented: str | None) -> bool:
-        if not session_token or not presented:
-            return False
+        if not session_token or not presented or not presented.isascii():
+            return False  # (compare_digest raises on non-ASCII text; no token of ours has any)
         return hmac.compare_digest(self.csrf_token(session_token), presented)
 
     def logout(self, token: str) -> bool:
