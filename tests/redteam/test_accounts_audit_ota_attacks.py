@@ -1140,3 +1140,26 @@ def test_csrf_token_forged_or_in_non_ascii_text_is_refused(accounts: Accounts, i
     assert accounts.check_csrf(mine, good)
     for forged in ("", good[:-1], good.upper(), accounts.csrf_token(bobs), good[:-1] + "\u00e9", "\u00e9" * 64):
         assert not accounts.check_csrf(mine, forged), forged
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="VULN (low-medium): with no operator-set `model` attribute, the model a device REPORTS picks the profile "
+    "it is judged by, so a camera that claims to be a 'gateway' (whose profile allows SSH) hides its SSH "
+    "(and an advisory against its real model). Fix: pin the first reported model (trust on first use) or "
+    "require the attribute, and report a model change as a finding.",
+)
+def test_device_choosing_its_profile_by_claiming_another_model_is_refused(platform: Platform) -> None:
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")
+        device_state.set_model(session, ACTOR, "cam", [443], [])
+        device_state.set_model(session, ACTOR, "gateway", [22, 443], [])
+        thing = things.get_thing(session, "cam1")
+        honest = device_state.parse_state_report(b'{"firmware":{"model":"cam","version":"1.0"},"ports":{"tcp":[443]}}')
+        device_state.store_report(session, thing.id, honest, dt.datetime.now(dt.UTC))
+        lying = device_state.parse_state_report(
+            b'{"firmware":{"model":"gateway","version":"1.0"},"ports":{"tcp":[22,443]}}'
+        )
+        device_state.store_report(session, thing.id, lying, dt.datetime.now(dt.UTC))
+    found = checks.device_open_ports(gather(platform)).findings
+    assert any("SSH" in f.message or "model" in f.message for f in found), found
