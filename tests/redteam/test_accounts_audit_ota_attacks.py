@@ -1163,3 +1163,35 @@ def test_device_choosing_its_profile_by_claiming_another_model_is_refused(platfo
         device_state.store_report(session, thing.id, lying, dt.datetime.now(dt.UTC))
     found = checks.device_open_ports(gather(platform)).findings
     assert any("SSH" in f.message or "model" in f.message for f in found), found
+
+
+def test_will_of_a_quarantined_device_fired_on_another_things_topic_is_refused(served: Any, served_raw: Any) -> None:
+    """A will set at CONNECT (when a policy still allowed its topic) is checked again when it fires."""
+    from lab.mqtt_packets import connect_packet
+
+    a, b = served.enroll("cam-a"), served.enroll("cam-b")
+    with served.platform.db.session() as session:
+        policies.add_policy(session, ACTOR, "peek", json.dumps(PEEK_POLICY))
+        policies.attach_policy(session, ACTOR, "peek", thing="cam-a")
+    served.sync()
+    cam_b = served_raw.connect(served.port, b)
+    assert cam_b.subscribe(1, "things/cam-b/commands/#") == [1]
+
+    def connect_with_will(payload: bytes) -> Any:
+        raw = served_raw.tls(served.port, a)
+        raw.send(connect_packet("cam-a", will=("things/cam-b/commands/unlock", payload, 1, False)))
+        assert raw.expect(2).connack_code == 0
+        return raw
+
+    first = connect_with_will(b"while-trusted")
+    first.publish("things/cam-a/state", b'{"ports":{"tcp":[23]}}')
+    assert _wait(lambda: _report_of(served, "cam-a") is not None)
+    first.close()  # no DISCONNECT: the will fires
+    fired = cam_b.publishes_until("things/cam-b/commands/unlock")
+    assert fired[-1][1] == b"while-trusted"  # the control: a will does fire here
+    second = connect_with_will(b"after-quarantine")
+    mitigate(served.platform, ACTOR, finding_id("DEVICE_OPEN_PORTS", "thing:cam-a"), "quarantine")
+    served.sync()
+    second.close()
+    with pytest.raises(TimeoutError):
+        cam_b.publishes_until("things/cam-b/commands/unlock", timeout=1.5)
