@@ -19,6 +19,7 @@ from thingward.pki.files import write_secret
 LIVE_STATE_FILE = "run/live.json"
 WRITE_INTERVAL = 2.0  # seconds between rewrites by the server
 MAX_AGE = dt.timedelta(seconds=15)  # older than this: no server is running
+MAX_FUTURE = dt.timedelta(seconds=5)  # dated further ahead than this: not trusted either
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def read_live_state(path: Path, now: dt.datetime | None = None) -> LiveState | N
     try:
         document = json.loads(path.read_bytes())
         written_at = dt.datetime.fromisoformat(document["written_at"])
-        if (now or dt.datetime.now(dt.UTC)) - written_at > MAX_AGE:
+        age = (now or dt.datetime.now(dt.UTC)) - written_at
+        # Dated ahead (a clock set back since, or a file not written by the server) is no proof of freshness.
+        if age > MAX_AGE or age < -MAX_FUTURE:
             return None
         return live_state(written_at, document["sessions"], document["takeovers"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

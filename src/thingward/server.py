@@ -287,6 +287,11 @@ class ThingwardServer:
         # Every newly revoked thing, connected or not: a connection may sit between handshake and CONNECT.
         for thing in sorted(newly_revoked_things - self.broker.connected_things()):
             await self.broker.disconnect(thing)
+        silenced = self.broker.drop_retained(
+            lambda owner, topic: owner not in newly_revoked_things and self.engine.authorize(owner, "publish", topic)
+        )
+        if silenced:
+            logger.info("dropped %d retained message(s) whose owner may no longer publish them", len(silenced))
         for thing in sorted(self.broker.connected_things()):
             if thing in newly_revoked_things or not self.engine.authorize(thing, "connect", thing):
                 dropped = await self.broker.disconnect(thing)

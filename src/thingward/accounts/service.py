@@ -8,6 +8,7 @@ stored only as SHA-256 digests; passwords as argon2id hashes; the TOTP key seale
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -15,7 +16,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -219,6 +220,13 @@ def _records_refusals(method: Callable[Concatenate[Accounts, P], R]) -> Callable
 
 
 @dataclass
+class _Attempt:
+    """A guarded check of the password or a code outside sign-in; set `verified` once it passed."""
+
+    verified: bool = False
+
+
+@dataclass
 class _Notices:
     """Mails decided inside a transaction, sent only after it committed."""
 
@@ -379,7 +387,14 @@ class Accounts:
             ended = self._set_password(session, user, password, None)
             user.must_change_password = True
             throttle.unlock(session, throttle.account_key(user.email))
-            record_event(session, actor, "user.admin_password_reset", f"user:{user.email}", {"sessions_ended": ended})
+            revoked = self._revoke_api_tokens(session, user)
+            record_event(
+                session,
+                actor,
+                "user.admin_password_reset",
+                f"user:{user.email}",
+                {"sessions_ended": ended, "api_tokens_revoked": revoked},
+            )
             notices.mails.append(
                 self._notice(
                     user.email,
@@ -509,7 +524,7 @@ class Accounts:
     ) -> int:
         """Change the password; every other session of the account ends. Returns how many ended."""
         notices = _Notices()
-        with self.db.session() as session:
+        with self._guarded(user_id, "user.password_change") as attempt, self.db.session() as session:
             user = self._user_by_id(session, user_id)
             if not self.hasher.verify(user.password_hash, current_password):
                 raise _refused(
@@ -518,6 +533,7 @@ class Accounts:
                     "user.password_change_refused",
                     f"user:{user.email}",
                 )
+            attempt.verified = True
             if self.hasher.verify(user.password_hash, new_password):
                 raise InvalidInputError("the new password is the same as the current one")
             self._require_strong(new_password, user.email, user.display_name)
@@ -543,7 +559,35 @@ class Accounts:
         user.password_hash = self.hasher.hash(password)
         user.password_changed_at = self.clock()
         user.must_change_password = False
+        self._void_mailed_tokens(session, user)
         return self._end_sessions(session, user.id, keep=keep_session_token)
+
+    def _revoke_api_tokens(self, session: Session, user: User) -> int:
+        """A reset is what someone does who fears the account was taken: whatever API tokens were made with
+        it (by a stolen session, too) stop working with the sessions. Returns how many were live."""
+        now = self.clock()
+        return _changed(
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+
+    def _void_mailed_tokens(self, session: Session, user: User) -> None:
+        """Reset links and sign-in codes mailed before a new password or a new email address are void: an
+        older link (in a mailbox read by someone else, or one since given up) must not set it again."""
+        session.execute(
+            update(OneTimeToken)
+            .where(
+                OneTimeToken.user_id == user.id,
+                OneTimeToken.purpose.in_(("reset", "signin")),
+                OneTimeToken.used_at.is_(None),
+            )
+            .values(used_at=self.clock())
+            .execution_options(synchronize_session=False)
+        )
 
     def request_password_reset(self, email: str, ip: str = "") -> None:
         """Mail a reset link if the account exists. The request does the same work either way (address,
@@ -632,12 +676,13 @@ class Accounts:
                 raise InvalidTokenError("this reset link is not valid (used, expired or mistyped): ask for a new one")
             ended = self._set_password(session, user, new_password, None)
             throttle.unlock(session, throttle.account_key(user.email))
+            revoked = self._revoke_api_tokens(session, user)
             record_event(
                 session,
                 Actor(user.email, f"ip:{ip}"),
                 "user.password_reset",
                 f"user:{user.email}",
-                {"sessions_ended": ended},
+                {"sessions_ended": ended, "api_tokens_revoked": revoked},
             )
             return self._info(session, user)
 
@@ -648,13 +693,15 @@ class Accounts:
         address = normalize_email(new_email)
         now = self.clock()
         notices = _Notices()
-        with self.db.session() as session:
+        with self._guarded(user_id, "user.email_change") as attempt, self.db.session() as session:
             user = self._user_by_id(session, user_id)
             self._confirm_identity(session, user, password, code, now, "user.email_change_refused")
+            attempt.verified = True
             if session.execute(select(User.id).where(User.email == address)).first():
                 raise ConflictError(f"{address} is in use by another account")
             old = user.email
             user.email = address
+            self._void_mailed_tokens(session, user)
             throttle.unlock(session, throttle.account_key(old))
             record_event(session, Actor(old, "app"), "user.email_change", f"user:{address}", {"old": old})
             body = f"The sign-in email of your {self.settings.product_name} account changed from {old} to {address}."
@@ -665,6 +712,44 @@ class Accounts:
             info = self._info(session, user)
         self._flush(notices)
         return info
+
+    @contextlib.contextmanager
+    def _guarded(self, user_id: int, action: str) -> Iterator[_Attempt]:
+        """Checks of the password or a code outside sign-in (changing the password or the email, 2FA
+        settings) spend the account's sign-in attempts: someone holding a stolen session must not guess
+        the password or the TOTP code freely. Charged up front in a transaction of its own (so a refusal
+        cannot roll it back), locking the account when the attempts run out, exactly as sign-in does;
+        taken back, lock and all, when the check passed."""
+        now = self.clock()
+        with self.db.session() as session:
+            user = self._user_by_id(session, user_id)
+            key = throttle.account_key(user.email)
+            throttle.hold(session, [key], now)
+            verdict = throttle.peek(session, key, now)
+            if verdict.allowed:
+                if throttle.charge(session, key, throttle.ACCOUNT_RULE, now) >= self.settings.lockout_failures:
+                    throttle.lock(session, key, now + dt.timedelta(seconds=self.settings.lockout_seconds))
+            else:
+                record_event(
+                    session,
+                    Actor(user.email, "app"),
+                    f"{action}_throttled",
+                    f"user:{user.email}",
+                    {"locked": verdict.locked},
+                )
+        if not verdict.allowed:
+            raise AuthenticationError(
+                LOCKED_MESSAGE
+                if verdict.locked
+                else f"too many attempts: try again in {max(1, round(verdict.retry_after))} s"
+            )
+        attempt = _Attempt()
+        try:
+            yield attempt
+        finally:
+            if attempt.verified:
+                with self.db.session() as session:
+                    throttle.refund(session, key, self.clock(), forget=True)
 
     def _confirm_identity(
         self, session: Session, user: User, password: str, code: str | None, now: dt.datetime, refused_action: str
@@ -732,11 +817,12 @@ class Accounts:
     def regenerate_recovery_codes(self, user_id: int, password: str, code: str) -> list[str]:
         now = self.clock()
         codes = totp.new_recovery_codes()
-        with self.db.session() as session:
+        with self._guarded(user_id, "user.recovery_codes_renew") as attempt, self.db.session() as session:
             user = self._user_by_id(session, user_id)
             if user.totp_enabled_at is None:
                 raise InvalidInputError("2FA is off: there are no recovery codes to renew")
             self._confirm_identity(session, user, password, code, now, "user.recovery_codes_refused")
+            attempt.verified = True
             self._store_recovery_codes(session, user, codes)
             record_event(session, Actor(user.email, "app"), "user.recovery_codes_renew", f"user:{user.email}")
         return codes
@@ -746,7 +832,7 @@ class Accounts:
         """Turn 2FA off: needs the password and a current code (a recovery code will do)."""
         now = self.clock()
         notices = _Notices()
-        with self.db.session() as session:
+        with self._guarded(user_id, "user.2fa_disable") as attempt, self.db.session() as session:
             user = self._user_by_id(session, user_id)
             if user.totp_enabled_at is None:
                 raise InvalidInputError("2FA is off already")
@@ -759,6 +845,7 @@ class Accounts:
                     "user.2fa_disable_refused",
                     f"user:{user.email}",
                 )
+            attempt.verified = True
             user.totp_secret_sealed = None
             user.totp_pending_sealed = None
             user.totp_enabled_at = None
@@ -1148,8 +1235,8 @@ class Accounts:
         return hmac.new(key, session_token.encode(), hashlib.sha256).hexdigest()
 
     def check_csrf(self, session_token: str, presented: str | None) -> bool:
-        if not session_token or not presented:
-            return False
+        if not session_token or not presented or not presented.isascii():
+            return False  # (compare_digest raises on non-ASCII text; no token of ours has any)
         return hmac.compare_digest(self.csrf_token(session_token), presented)
 
     def logout(self, token: str) -> bool:

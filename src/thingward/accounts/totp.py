@@ -37,7 +37,8 @@ def code_at_step(secret: str, step: int) -> str:
 def match_step(secret: str, code: str, now: dt.datetime, after_step: int | None) -> int | None:
     """The step (now, one before or one after) whose code this is, if it is newer than `after_step`."""
     cleaned = code.replace(" ", "").strip()
-    if len(cleaned) != DIGITS or not cleaned.isdigit():
+    # ASCII only: fullwidth or Arabic-Indic digits pass str.isdigit, and hmac.compare_digest raises on them.
+    if len(cleaned) != DIGITS or not cleaned.isascii() or not cleaned.isdigit():
         return None
     current = step_at(now)
     found = None

@@ -208,6 +208,8 @@ CONFIG_DEFAULT_PASSWORD = CheckInfo(
 TELNET_PORTS = frozenset({23, 2323})
 SSH_PORTS = frozenset({22})
 TAKEOVER_WINDOW = dt.timedelta(minutes=10)
+# A device's clock may run this far ahead of ours before a time it reports counts as in the future.
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 TAKEOVERS_SUSPICIOUS = 3  # takeovers within the window, from two or more addresses
 
 _LINT_CHECKS: dict[str, CheckInfo] = {
@@ -425,6 +427,16 @@ def onboarding_window_open(snapshot: AuditSnapshot) -> CheckResult:
         resource = f"thing:{report.thing}"
         if report.onboarding_since is None:
             findings.append(Finding(resource, "in access point mode and does not say since when", "medium"))
+        elif report.onboarding_since > snapshot.now + FUTURE_TOLERANCE:
+            # A wrong clock (or a lie) must not pass as "just started": the window's length is unknown.
+            findings.append(
+                Finding(
+                    resource,
+                    f"in access point mode since {report.onboarding_since:%Y-%m-%d %H:%M} UTC, in the future: "
+                    "its clock is wrong, so how long the window has been open is unknown",
+                    "medium",
+                )
+            )
         elif snapshot.now - report.onboarding_since > limit:
             minutes = int((snapshot.now - report.onboarding_since).total_seconds() // 60)
             findings.append(

@@ -105,6 +105,9 @@ def _ensure_quarantine(session: Session, actor: Actor) -> None:
         policy = policies.add_policy(session, actor, QUARANTINE_POLICY, QUARANTINE_POLICY_DOCUMENT.to_json())
     elif policy.document != QUARANTINE_POLICY_DOCUMENT.to_json():
         policies.update_policy(session, actor, QUARANTINE_POLICY, QUARANTINE_POLICY_DOCUMENT.to_json())
+    if group.parent is not None:
+        # A parent's policies are inherited: the quarantine group stays at the top of the tree.
+        things.set_group_parent(session, actor, QUARANTINE_GROUP, None)
     attachments = session.execute(select(PolicyAttachment).where(PolicyAttachment.group_id == group.id)).scalars()
     attached = {a.policy.name for a in attachments}
     if QUARANTINE_POLICY not in attached:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import amqtt  # type: ignore[import-untyped]
@@ -380,6 +381,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         usage[1] -= size
         if usage[0] <= 0:
             del self._retained_usage[owner]
+
+    def drop_retained(self, keep: Callable[[str, str], bool]) -> list[str]:
+        """Forget each retained message for which `keep(owner, topic)` is False; the topics dropped."""
+        dropped = []
+        for topic, (owner, _size) in list(self._retained_owner.items()):
+            if not keep(owner, topic):
+                self._retained_messages.pop(topic, None)
+                self._release_retained(topic)
+                dropped.append(topic)
+        return dropped
 
     def retained_usage(self, thing: str) -> tuple[int, int]:
         """(messages, bytes) of retained messages `thing` holds against its quota."""

@@ -318,6 +318,11 @@ class EmbeddedBroker:
         logger.info("disconnected thing %r: %d connection(s) closed", thing, len(connections))
         return len(connections)
 
+    def drop_retained(self, keep: Callable[[str, str], bool]) -> list[str]:
+        """Forget the retained messages for which `keep(owner, topic)` is False (their owner was revoked, or may
+        no longer publish there): a thing cut off must not go on speaking through what it retained."""
+        return self._core.drop_retained(keep) if self._core is not None else []
+
     def connected_things(self) -> set[str]:
         """Things with at least one admitted, open connection."""
         return {thing for thing, conns in list(self._connections.items()) if any(c.live for c in list(conns))}

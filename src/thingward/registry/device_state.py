@@ -41,7 +41,8 @@ _Port = Annotated[int, Field(ge=1, le=65535)]
 class _Firmware(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    version: str = Field(min_length=1, max_length=64)
+    # No control characters: a NUL makes PostgreSQL refuse the whole ingest batch it is in.
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 class _Ports(BaseModel):
