@@ -1142,13 +1142,6 @@ def test_csrf_token_forged_or_in_non_ascii_text_is_refused(accounts: Accounts, i
         assert not accounts.check_csrf(mine, forged), forged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN (low-medium): with no operator-set `model` attribute, the model a device REPORTS picks the profile "
-    "it is judged by, so a camera that claims to be a 'gateway' (whose profile allows SSH) hides its SSH "
-    "(and an advisory against its real model). Fix: pin the first reported model (trust on first use) or "
-    "require the attribute, and report a model change as a finding.",
-)
 def test_device_choosing_its_profile_by_claiming_another_model_is_refused(platform: Platform) -> None:
     with platform.db.session() as session:
         things.add_thing(session, ACTOR, "cam1")

@@ -126,3 +126,16 @@ def test_affected_devices_compare_versions_numerically(platform: Platform) -> No
     with platform.db.read() as session:
         affected = device_state.affected_devices(advisory, device_state.latest_reports(session))
     assert [d.to_dict() for d in affected] == [{"thing": "cam1", "model": "cam-x", "version": "1.9.3"}]
+
+
+def test_the_first_reported_model_is_pinned_against_later_claims(platform: Platform) -> None:
+    with platform.db.session() as session:
+        things.add_thing(session, ACTOR, "cam1")
+    claims_gateway = {**GOOD, "firmware": {"model": "gateway", "version": "1.2.0"}}
+    with platform.db.session() as session:
+        store_messages(session, [_state("cam1", GOOD)], 100)
+    with platform.db.session() as session:
+        store_messages(session, [_state("cam1", claims_gateway)], 100)
+    with platform.db.read() as session:
+        latest = device_state.latest_report(session, "cam1")
+    assert latest is not None and (latest.model, latest.report.model) == ("cam-x", "gateway")

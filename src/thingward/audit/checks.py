@@ -356,6 +356,15 @@ def device_open_ports(snapshot: AuditSnapshot) -> CheckResult:
     findings = []
     for report in reporting:
         resource = f"thing:{report.thing}"
+        if report.reported_model and report.model and report.reported_model != report.model:
+            findings.append(
+                Finding(
+                    resource,
+                    f"claims to be model {report.reported_model!r} but is judged as {report.model!r} "
+                    "(its first report or the registry's model attribute)",
+                    "medium",
+                )
+            )
         profile = snapshot.models.get(report.model or "")
         for port in report.tcp_ports:
             if port in TELNET_PORTS:

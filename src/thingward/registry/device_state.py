@@ -122,6 +122,8 @@ def store_report(session: Session, thing_id: int, report: StateReport, received_
         row = DeviceReport(thing_id=thing_id)
         session.add(row)
     row.received_at = received_at
+    if row.pinned_model is None:
+        row.pinned_model = report.model
     row.model = report.model
     row.firmware_version = report.firmware_version
     row.tcp_ports = json.dumps(list(report.tcp_ports))
@@ -135,7 +137,9 @@ class LatestReport:
     thing: str
     received_at: dt.datetime
     report: StateReport
-    model: str | None  # the registry's `model` attribute when set, else the reported model
+    # Whom the device is judged as: the registry's `model` attribute when set, else the first model it
+    # ever reported (pinned), never a later claim.
+    model: str | None
 
 
 def _row_to_report(row: DeviceReport) -> StateReport:
@@ -161,7 +165,7 @@ def _latest(session: Session, thing_name: str | None) -> list[LatestReport]:
     out = []
     for row, name, attribute in session.execute(query):
         report = _row_to_report(row)
-        out.append(LatestReport(name, row.received_at, report, attribute or report.model))
+        out.append(LatestReport(name, row.received_at, report, attribute or row.pinned_model or report.model))
     return out
 
 

@@ -205,6 +205,8 @@ class DeviceReport(Base):
     thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), primary_key=True)
     received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The first model the device ever reported (trust on first use): a later claim cannot change its profile.
+    pinned_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     firmware_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tcp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list of ints
     udp_ports: Mapped[str] = mapped_column(Text, nullable=False, default="[]")

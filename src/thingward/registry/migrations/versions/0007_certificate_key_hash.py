@@ -1,6 +1,7 @@
-"""certificates: the SHA-256 of each certificate's public key, so one key cannot serve two things
+"""certificates: the SHA-256 of each certificate's public key, so one key cannot serve two things;
+device_reports: the first model a device reported, pinned
 
-Existing rows are filled from their PEM.
+Existing certificates get their key hash from their PEM; existing reports pin the model they carry.
 
 Revision ID: 0007
 Revises: 0006
@@ -37,8 +38,15 @@ def upgrade() -> None:
             .values(public_key_sha256=hashlib.sha256(der).hexdigest())
         )
 
+    with op.batch_alter_table("device_reports") as batch:
+        batch.add_column(sa.Column("pinned_model", sa.String(length=64), nullable=True))
+    reports = sa.table("device_reports", sa.column("model", sa.String(64)), sa.column("pinned_model", sa.String(64)))
+    connection.execute(sa.update(reports).values(pinned_model=reports.c.model))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("device_reports") as batch:
+        batch.drop_column("pinned_model")
     with op.batch_alter_table("certificates") as batch:
         batch.drop_index("ix_certificates_public_key_sha256")
         batch.drop_column("public_key_sha256")
