@@ -190,3 +190,13 @@ def test_a_public_key_shared_by_two_devices_is_critical() -> None:
         "thing:cam1 critical its public key is also the key of cam2",
         "thing:cam2 critical its public key is also the key of cam1",
     ]
+
+
+def test_an_audit_schedule_turned_off_or_rare_is_flagged() -> None:
+    assert result("AUDIT_SCHEDULE_OFF", snapshot()).status == "pass"
+    assert messages("AUDIT_SCHEDULE_OFF", audit_interval_minutes=0) == [
+        "config:audit.interval_minutes medium 0: the server never audits by itself"
+    ]
+    assert messages("AUDIT_SCHEDULE_OFF", audit_interval_minutes=30 * 24 * 60) == [
+        "config:audit.interval_minutes low an audit only every 30 days"
+    ]

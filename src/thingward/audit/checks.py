@@ -205,6 +205,15 @@ CONFIG_DEFAULT_PASSWORD = CheckInfo(
     },
 )
 
+AUDIT_SCHEDULE_OFF = CheckInfo(
+    id="AUDIT_SCHEDULE_OFF",
+    title="The running server does not audit the fleet on a schedule",
+    severity="medium",
+    part="cloud",
+    remediation="Set [audit] interval_minutes (1440: daily) so drift is found and kept in the history.",
+    references={ETSI: "5.10 Examine system telemetry data", OWASP: "I8 Lack of Device Management"},
+)
+
 TELNET_PORTS = frozenset({23, 2323})
 SSH_PORTS = frozenset({22})
 TAKEOVER_WINDOW = dt.timedelta(minutes=10)
@@ -531,6 +540,16 @@ def password_policy_weak(snapshot: AuditSnapshot) -> CheckResult:
     return _result(PASSWORD_POLICY_WEAK, findings)
 
 
+def audit_schedule_off(snapshot: AuditSnapshot) -> CheckResult:
+    findings = []
+    if snapshot.audit_interval_minutes <= 0:
+        findings.append(Finding("config:audit.interval_minutes", "0: the server never audits by itself", "medium"))
+    elif snapshot.audit_interval_minutes > 7 * 24 * 60:
+        days = snapshot.audit_interval_minutes / (24 * 60)
+        findings.append(Finding("config:audit.interval_minutes", f"an audit only every {days:.0f} days", "low"))
+    return _result(AUDIT_SCHEDULE_OFF, findings)
+
+
 def config_default_password(snapshot: AuditSnapshot) -> CheckResult:
     findings = [
         Finding(f"config:{where}", "the password is a known default or common password", "critical")
@@ -555,6 +574,7 @@ SINGLE_CHECKS: tuple[Check, ...] = (
     plaintext_listener,
     ca_key_unencrypted,
     audit_log_tampered,
+    audit_schedule_off,
     users_without_2fa,
     password_policy_weak,
     config_default_password,

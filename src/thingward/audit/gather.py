@@ -131,6 +131,7 @@ def gather_snapshot(
             lockout_failures=accounts.lockout_failures,
         ),
         config_passwords=_config_passwords(settings.database.url),
+        audit_interval_minutes=settings.audit.interval_minutes,
     )
 
 

@@ -175,6 +175,7 @@ class AuditSnapshot:
     users: tuple[UserFacts, ...] | None = None  # None: the registry has no user accounts table
     account_policy: AccountPolicyFacts = field(default_factory=AccountPolicyFacts)
     config_passwords: Mapping[str, str] = field(default_factory=dict)  # where -> the password found there
+    audit_interval_minutes: float = 1440.0  # [audit] interval_minutes: 0 means no scheduled audit
 
 
 FINDING_ID_LENGTH = 10
