@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyotp
+from aiosmtpd.controller import Controller
 
 from thingward.accounts.mail import SmtpMailer
 from thingward.accounts.service import Accounts, LoginResult
@@ -60,3 +67,64 @@ def enroll_totp(accounts: Accounts, user_id: int) -> tuple[str, list[str]]:
     enrolment = accounts.begin_totp(user_id)
     codes, _ = accounts.confirm_totp(user_id, totp_code(enrolment.secret, accounts))
     return enrolment.secret, codes
+
+
+class Inbox:
+    """What the SMTP server received, as (recipients, subject, body)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], str, str]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        from email import message_from_bytes, policy
+
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        body = message.get_body(("plain",))
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), str(message["Subject"]), body.get_content() if body else ""))
+        return "250 OK"
+
+    def to(self, address: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(subject, body) for rcpt, subject, body in self.messages if address in rcpt]
+
+    def last_to(self, address: str) -> tuple[str, str]:
+        mails = self.to(address)
+        assert mails, f"no mail to {address}"
+        return mails[-1]
+
+    def bodies_to(self, address: str) -> list[str]:
+        return [body for _subject, body in self.to(address)]
+
+    def find(self, address: str, pattern: str) -> str:
+        """The first group of `pattern` in the newest mail to `address` that matches it."""
+        for body in reversed(self.bodies_to(address)):
+            match = re.search(pattern, body)
+            if match:
+                return match.group(1)
+        raise AssertionError(f"no mail to {address} matching {pattern!r}")
+
+    def code_in_last(self, address: str) -> str:
+        match = re.search(r"the code is (\d{8})", self.last_to(address)[1])
+        assert match, self.last_to(address)
+        return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def smtp_server() -> Iterator[tuple[Inbox, SmtpSettings]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, and the settings that reach it."""
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, security="none", timeout_seconds=5)
+    finally:
+        controller.stop()

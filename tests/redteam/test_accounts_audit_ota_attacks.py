@@ -17,7 +17,6 @@ import logging
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import update
 
-from lab.accounts import FAST, PASSWORD, FakeClock, make_accounts, make_user, totp_code
+from lab.accounts import FAST, PASSWORD, FakeClock, Inbox, free_port, make_accounts, make_user, smtp_server, totp_code
 from thingward import live
 from thingward.accounts import sharing
 from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
@@ -57,51 +56,13 @@ ACTOR = cli_actor()
 NEW_PASSWORD = "marmalade tugboat orchestra"
 
 
-# -- a real SMTP server on loopback (copied from tests/accounts/conftest.py: conftests do not import) ----
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], str, str]] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        from email import message_from_bytes, policy
-
-        message = message_from_bytes(envelope.content, policy=policy.default)
-        body = message.get_body(("plain",))
-        with self._lock:
-            self.messages.append((list(envelope.rcpt_tos), str(message["Subject"]), body.get_content() if body else ""))
-        return "250 OK"
-
-    def bodies_to(self, address: str) -> list[str]:
-        with self._lock:
-            return [body for rcpt, _subject, body in self.messages if address in rcpt]
-
-    def find(self, address: str, pattern: str) -> str:
-        for body in reversed(self.bodies_to(address)):
-            match = re.search(pattern, body)
-            if match:
-                return match.group(1)
-        raise AssertionError(f"no mail to {address} matching {pattern!r}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- a real SMTP server on loopback (tests/lab/accounts.py) ----
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    try:
-        yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, security="none", timeout_seconds=5)
-    finally:
-        controller.stop()
+    with smtp_server() as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -226,7 +187,7 @@ def test_user_enumeration_by_the_timing_of_the_lockout_notice_is_refused(platfor
     """The sign-in that locks a real account mails its owner; an unknown email has no one to mail. With the
     queued mailer a door uses, that mail is sent off the request's clock: both answers take as long."""
     inbox = _SlowInbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     mailer = QueuedMailer(SmtpMailer(SmtpSettings(host="127.0.0.1", port=controller.port, security="none")))
     try:
