@@ -43,16 +43,21 @@ from thingward.registry.audit_log import GENESIS, _event_hash
 from thingward.registry.models import (
     AuditEvent,
     Certificate,
+    DeviceModel,
+    DeviceReport,
+    FirmwareAdvisory,
     GroupMember,
     Policy,
     PolicyAttachment,
     Thing,
     ThingAttribute,
     ThingGroup,
+    User,
 )
 from thingward.registry.policies import load_policy_world
 
 GROUPS = 1000
+USERS = 10_000
 LINES = 100
 FAKE_PEM = "-----BEGIN CERTIFICATE-----\n" + "A" * 640 + "\n-----END CERTIFICATE-----\n"
 
@@ -139,6 +144,67 @@ def build_fleet(data_dir: Path, things: int, rng: random.Random) -> Platform:
         session.execute(insert(GroupMember), members)
         session.execute(insert(ThingAttribute), attributes)
         session.execute(insert(Certificate), certs)
+        # What devices report (every thing; one in 200 with Telnet, one in 10 on firmware under an advisory),
+        # their model's profile and the advisory, and the people: USERS accounts, 1 in 20 an admin, 1 in 3 with 2FA.
+        session.execute(
+            insert(DeviceModel),
+            [
+                {
+                    "name": "cam",
+                    "description": "",
+                    "allowed_tcp_ports": "[443]",
+                    "allowed_udp_ports": "[5353]",
+                    "updated_at": now,
+                }
+            ],
+        )
+        session.execute(
+            insert(FirmwareAdvisory),
+            [
+                {
+                    "advisory_id": "BENCH-1",
+                    "model": "cam",
+                    "affected": "<1.2",
+                    "severity": "high",
+                    "summary": "",
+                    "created_at": now,
+                }
+            ],
+        )
+        session.execute(
+            insert(DeviceReport),
+            [
+                {
+                    "thing_id": tid,
+                    "received_at": now,
+                    "model": "cam",
+                    "pinned_model": "cam",
+                    "firmware_version": "1.1.0" if tid % 10 == 0 else "1.4.0",
+                    "tcp_ports": "[23, 443]" if tid % 200 == 0 else "[443]",
+                    "udp_ports": "[5353]",
+                    "onboarding_state": "provisioned",
+                    "onboarding_since": None,
+                }
+                for tid in range(1, things + 1)
+            ],
+        )
+        session.execute(
+            insert(User),
+            [
+                {
+                    "email": f"user{uid}@example.test",
+                    "display_name": "",
+                    "password_hash": "bench",
+                    "is_admin": uid % 20 == 0,
+                    "disabled": False,
+                    "must_change_password": False,
+                    "created_at": now,
+                    "password_changed_at": now,
+                    "totp_enabled_at": now if uid % 3 == 0 else None,
+                }
+                for uid in range(1, USERS + 1)
+            ],
+        )
         last = session.execute(AuditEvent.__table__.select().order_by(AuditEvent.id.desc()).limit(1)).first()
         prev = last.hash if last is not None else GENESIS
         events = []
@@ -198,7 +264,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)
     rng = random.Random(5)
-    print(f"python {sys.version.split()[0]} on {host.machine()}, {os.cpu_count()} cores; {GROUPS} groups and policies")
+    print(
+        f"python {sys.version.split()[0]} on {host.machine()}, {os.cpu_count()} cores; "
+        f"{GROUPS} groups and policies, {USERS} users"
+    )
     print(f"load average at start: {os.getloadavg()[0]:.1f}; seconds (wall unless marked cpu)")
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="thingward-bench-audit-") as tmp:

@@ -407,13 +407,20 @@ def firmware_advisories(snapshot: AuditSnapshot) -> CheckResult:
     by_model: dict[str, list[AdvisoryFacts]] = defaultdict(list)
     for advisory in snapshot.advisories:
         by_model[advisory.model].append(advisory)
+    # A fleet runs few distinct versions: each (range, version) pair is judged once.
+    verdicts: dict[tuple[str, str], bool | None] = {}
     findings = []
     for report in reporting:
         for advisory in by_model.get(report.model or "", ()):
             version = report.firmware_version or ""
-            try:
-                affected = SpecifierSet(advisory.affected).contains(Version(version), prereleases=True)
-            except (InvalidVersion, InvalidSpecifier):
+            key = (advisory.affected, version)
+            if key not in verdicts:
+                try:
+                    verdicts[key] = SpecifierSet(advisory.affected).contains(Version(version), prereleases=True)
+                except (InvalidVersion, InvalidSpecifier):
+                    verdicts[key] = None
+            affected = verdicts[key]
+            if affected is None:
                 findings.append(
                     Finding(
                         f"thing:{report.thing}",
