@@ -19,6 +19,9 @@ from lab.postgres import PostgresServer, PostgresUnavailable, postgres_server
 if TYPE_CHECKING:
     from thingward.platform import Platform
 
+# Shared fixtures living in tests/lab/: the SMTP lab server, its inbox and the clock tests move.
+pytest_plugins = ["lab.accounts"]
+
 BACKENDS = ("sqlite", "postgresql")
 
 

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab.accounts import FakeClock, Inbox, make_accounts, smtp_server
+from lab.accounts import FakeClock, Inbox, make_accounts
 from thingward.accounts.service import Accounts
 from thingward.config import SmtpSettings
 from thingward.platform import Platform
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
-    with smtp_server() as pair:
-        yield pair
-
-
-@pytest.fixture
-def inbox(smtp: tuple[Inbox, SmtpSettings]) -> Inbox:
-    return smtp[0]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

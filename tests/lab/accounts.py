@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyotp
+import pytest
 from aiosmtpd.controller import Controller
 
 from thingward.accounts.mail import SmtpMailer
@@ -128,3 +129,22 @@ def smtp_server() -> Iterator[tuple[Inbox, SmtpSettings]]:
         yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, security="none", timeout_seconds=5)
     finally:
         controller.stop()
+
+
+# -- fixtures, registered for every test by `pytest_plugins` in tests/conftest.py --------------------------
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
+    with smtp_server() as pair:
+        yield pair
+
+
+@pytest.fixture
+def inbox(smtp: tuple[Inbox, SmtpSettings]) -> Inbox:
+    return smtp[0]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

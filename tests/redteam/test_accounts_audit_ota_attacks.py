@@ -18,7 +18,6 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import update
 
-from lab.accounts import FAST, PASSWORD, FakeClock, Inbox, free_port, make_accounts, make_user, smtp_server, totp_code
+from lab.accounts import FAST, PASSWORD, FakeClock, Inbox, free_port, make_accounts, make_user, totp_code
 from thingward import live
 from thingward.accounts import sharing
 from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
@@ -56,23 +55,7 @@ ACTOR = cli_actor()
 NEW_PASSWORD = "marmalade tugboat orchestra"
 
 
-# -- a real SMTP server on loopback (tests/lab/accounts.py) ----
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
-    with smtp_server() as pair:
-        yield pair
-
-
-@pytest.fixture
-def inbox(smtp: tuple[Inbox, SmtpSettings]) -> Inbox:
-    return smtp[0]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+# -- the SMTP lab server, inbox and clock fixtures come from tests/lab/accounts.py ----
 
 
 @pytest.fixture
