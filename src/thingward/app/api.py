@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from thingward import __version__
+from thingward.accounts.service import Accounts
 from thingward.app.metrics import Metrics
 from thingward.app.throttle import FailureThrottle
 from thingward.errors import (
@@ -78,9 +79,13 @@ def _client(request: Request) -> str:
 
 
 def create_app(
-    platform: Platform, metrics: Metrics | None = None, after_enroll: Callable[[], None] | None = None
+    platform: Platform,
+    metrics: Metrics | None = None,
+    after_enroll: Callable[[], None] | None = None,
+    accounts: Accounts | None = None,
 ) -> FastAPI:
-    """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects."""
+    """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects.
+    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`."""
     metrics = metrics or Metrics()
     throttle = FailureThrottle()
     app = FastAPI(
@@ -90,6 +95,7 @@ def create_app(
         docs_url=None,  # the interactive page loads scripts from a CDN; the schema is enough
         redoc_url=None,
     )
+    app.state.accounts = accounts or Accounts.for_platform(platform)
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(RequestValidationError)
