@@ -9,6 +9,7 @@ environment overrides it with `THINGWARD_DATABASE__URL` (the general rule) or `T
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -135,6 +136,57 @@ class SmtpSettings:
     timeout_seconds: int = 10
 
 
+HOOKS_MIN_SECRET_LENGTH = 24
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """Authentication and authorization hooks for clustered brokers (EMQX, VerneMQ, RabbitMQ)."""
+
+    # The name of an environment variable holding the secret brokers must send. Empty (the default): the
+    # hooks are off. There is no default secret; the secret itself never sits in the file.
+    secret_env: str = ""
+    # Source addresses the hooks answer, even with the right secret (CIDR); loopback only by default.
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Decisions cached (least recently used first out) and for how long; any registry change empties the cache.
+    cache_size: int = 65536
+    cache_ttl_seconds: float = 30.0
+    # Past this many seconds without a successful look at the registry, every hook answer is deny.
+    max_staleness_seconds: float = 30.0
+    # The RabbitMQ virtual host and topic exchange the MQTT plugin uses (its mqtt.vhost and mqtt.exchange).
+    rabbitmq_vhost: str = "/"
+    rabbitmq_exchange: str = "amq.topic"
+
+    def __post_init__(self) -> None:
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"[hooks] allowed_networks: {network!r} is not an address or CIDR network") from e
+        if self.cache_size < 1:
+            raise ConfigError(f"[hooks] cache_size is {self.cache_size}: it must be at least 1")
+        for name in ("cache_ttl_seconds", "max_staleness_seconds"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"[hooks] {name} is {getattr(self, name)}: use a number of seconds from 0 to 3600")
+
+    def secret(self) -> str | None:
+        """The shared secret from the environment; None when the hooks are off. A weak secret is an error."""
+        if not self.secret_env:
+            return None
+        value = os.environ.get(self.secret_env, "")
+        if not value:
+            raise ConfigError(
+                f"[hooks] secret_env names {self.secret_env}, which is not set: set it to a random secret "
+                "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') or empty secret_env to turn hooks off"
+            )
+        if len(value) < HOOKS_MIN_SECRET_LENGTH or not all(c.isalnum() or c in "-_" for c in value):
+            raise ConfigError(
+                f"the hooks secret in {self.secret_env} must be at least {HOOKS_MIN_SECRET_LENGTH} characters of "
+                "letters, digits, '-' and '_' (it travels in URLs): use secrets.token_urlsafe(32)"
+            )
+        return value
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -146,6 +198,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     accounts: AccountsSettings = field(default_factory=AccountsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -175,6 +228,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "accounts": AccountsSettings,
     "smtp": SmtpSettings,
+    "hooks": HooksSettings,
 }
 
 
@@ -320,4 +374,15 @@ username = ""
 password_env = ""                 # the name of an environment variable holding the SMTP password
 from_address = "thingward@localhost"
 timeout_seconds = 10
+
+[hooks]
+# HTTP authn/authz hooks for EMQX, VerneMQ and RabbitMQ (docs/broker-hooks.md). Off until secret_env
+# names an environment variable holding a random secret of 24+ characters.
+secret_env = ""
+allowed_networks = ["127.0.0.0/8", "::1/128"]
+cache_size = 65536
+cache_ttl_seconds = 30
+max_staleness_seconds = 30
+rabbitmq_vhost = "/"
+rabbitmq_exchange = "amq.topic"
 """

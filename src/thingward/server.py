@@ -23,6 +23,7 @@ from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.audit.service import run_audit
 from thingward.broker.base import BrokerLimits, BrokerTls
+from thingward.broker.decisions import HookDecisions, load_certified_things
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
@@ -102,6 +103,15 @@ class ThingwardServer:
         with platform.db.read() as session:
             self.engine = PolicyEngine(load_policy_world(session))
             self._seen_event = latest_event_id(session)
+            certified = load_certified_things(session)
+        hooks = settings.hooks
+        self.hook_decisions = HookDecisions(
+            self.engine,
+            certified,
+            cache_size=hooks.cache_size,
+            ttl=hooks.cache_ttl_seconds,
+            max_staleness=hooks.max_staleness_seconds,
+        )
         self._revoked = _revoked_certificates(platform)
         self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
         self.broker = EmbeddedBroker(
@@ -124,7 +134,9 @@ class ThingwardServer:
             plaintext_port=settings.mqtt.plaintext_port,
         )
         self.metrics.registry.register(_ServerCollector(self))
-        app = create_app(platform, self.metrics, after_enroll=self._sync_from_thread)
+        app = create_app(
+            platform, self.metrics, after_enroll=self._sync_from_thread, hook_decisions=self.hook_decisions
+        )
         self._http = https_server(app, host, http_port, platform.server_certificate_path, platform.server_key_path)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,10 +283,13 @@ class ThingwardServer:
         with self.platform.db.read() as session:
             newest = latest_event_id(session)
         if newest == self._seen_event and not force:
+            self.hook_decisions.confirm()
             return
-        self._seen_event = newest
         world = await asyncio.to_thread(self._load_world)
         self.engine.replace_world(world)
+        self.hook_decisions.refresh(await asyncio.to_thread(self._load_certified))
+        # Seen only once the world and the hooks' view are loaded: a failed load is retried at the next look.
+        self._seen_event = newest
         self.metrics.policy_reloads.inc()
         revoked = await asyncio.to_thread(_revoked_certificates, self.platform)
         newly_revoked_things = {name for serial, name in revoked.items() if serial not in self._revoked}
@@ -297,6 +312,10 @@ class ThingwardServer:
                 dropped = await self.broker.disconnect(thing)
                 self.metrics.sessions_dropped.inc(dropped)
                 logger.info("dropped %d live session(s) of %s: no longer allowed to connect", dropped, thing)
+
+    def _load_certified(self) -> dict[str, dt.datetime]:
+        with self.platform.db.read() as session:
+            return load_certified_things(session)
 
     def _load_world(self) -> PolicyWorld:
         with self.platform.db.read() as session:

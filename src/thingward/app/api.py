@@ -15,8 +15,10 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from thingward import __version__
 from thingward.accounts.service import Accounts
+from thingward.app.broker_hooks import hooks_router
 from thingward.app.metrics import Metrics
 from thingward.app.throttle import FailureThrottle
+from thingward.broker.decisions import HookDecisions
 from thingward.errors import (
     ConflictError,
     EnrollmentRefusedError,
@@ -83,9 +85,11 @@ def create_app(
     metrics: Metrics | None = None,
     after_enroll: Callable[[], None] | None = None,
     accounts: Accounts | None = None,
+    hook_decisions: HookDecisions | None = None,
 ) -> FastAPI:
     """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects.
-    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`."""
+    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`.
+    With `hook_decisions` and a `[hooks]` secret, the broker hooks are served under /hooks."""
     metrics = metrics or Metrics()
     throttle = FailureThrottle()
     app = FastAPI(
@@ -174,6 +178,19 @@ def create_app(
         if path is None:
             return JSONResponse({"error": f"no OTA image {model}/{name}"}, status_code=404)
         return FileResponse(path, media_type="application/octet-stream")
+
+    hooks = platform.settings.hooks
+    hooks_secret = hooks.secret()
+    if hook_decisions is not None and hooks_secret is not None:
+        app.include_router(
+            hooks_router(
+                hook_decisions,
+                hooks_secret,
+                hooks.allowed_networks,
+                rabbitmq_vhost=hooks.rabbitmq_vhost,
+                rabbitmq_exchange=hooks.rabbitmq_exchange,
+            )
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
