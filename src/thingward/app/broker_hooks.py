@@ -89,7 +89,7 @@ def _text(params: Mapping[str, Any], key: str) -> str | None:
 
 
 def _no_password(params: Mapping[str, Any]) -> bool:
-    """Devices log in with certificates: a password (any, even empty for RabbitMQ) means a password login."""
+    """Devices log in with certificates: a non-empty password means a password login (EMQX sends "" for none)."""
     password = params.get("password")
     return password is None or password == ""
 
@@ -253,7 +253,9 @@ def hooks_router(
         if username is None or not decisions.identified(username):
             return False
         if kind == "user":
-            return _no_password(params) and decisions.may_connect(username, params.get("client_id", username))
+            # A certificate login sends no password parameter at all; RabbitMQ prefers a username and
+            # password over the certificate, so any password here is someone choosing their name.
+            return "password" not in params and decisions.may_connect(username, params.get("client_id", username))
         if params.get("vhost") != rabbitmq_vhost:
             return False
         # A certificate login carries no client id; the MQTT plugin sends it with every later question.
