@@ -76,6 +76,7 @@ class HookDecisions:
         self._lock = threading.Lock()
         self._generation = 0
         self._confirmed_at = clock()
+        self._stale_reported = False
         self.hits = 0
         self.misses = 0
 
@@ -90,10 +91,12 @@ class HookDecisions:
             self._cache.clear()
             self._generation += 1
             self._confirmed_at = self._clock()
+            self._stale_reported = False
 
     def confirm(self) -> None:
         """The registry was looked at and has not changed: the current state is still the truth."""
         self._confirmed_at = self._clock()
+        self._stale_reported = False
 
     def invalidate(self) -> None:
         """Forget every cached decision (the policy engine's world was replaced)."""
@@ -111,7 +114,11 @@ class HookDecisions:
         except Exception:
             return False
         if self.is_stale():
-            logger.warning("broker hook denied %r: the registry has not been confirmed for a while", thing)
+            if not self._stale_reported:  # once per episode, not once per request
+                self._stale_reported = True
+                logger.error(
+                    "broker hooks deny everything: the registry has not been read for over %.0f s", self._max_staleness
+                )
             return False
         not_after = self._certified.get(thing)
         return not_after is not None and self._now() < not_after
