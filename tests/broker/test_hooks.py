@@ -199,9 +199,11 @@ def test_emqx_authn_denies(client: HooksClient, body: dict[str, Any], why: str) 
     assert emqx_authn(client, **body)["result"] == "deny", why
 
 
-def test_emqx_authn_denies_a_body_that_is_not_json(client: HooksClient) -> None:
-    response = client.post("/hooks/emqx/authn", content=b"username=cam-a", headers={"content-type": "text/plain"})
-    assert response.json()["result"] == "deny"
+@pytest.mark.parametrize("body", [b"username=cam-a", b"\xff\xfe", b"[" * 30_000 + b"]" * 30_000, b'["cam-a"]'])
+def test_emqx_denies_a_body_that_is_not_a_json_object(client: HooksClient, body: bytes) -> None:
+    for hook in ("authn", "authz"):
+        response = client.post(f"/hooks/emqx/{hook}", content=body, headers={"content-type": "application/json"})
+        assert (response.status_code, response.json()["result"]) == (200, "deny")
 
 
 def test_emqx_authz_answers_from_the_policy_engine(client: HooksClient) -> None:
