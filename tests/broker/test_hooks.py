@@ -69,10 +69,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data_dir(tmp_path_factory.mktemp("hooks") / "data")
 
 
-def make_data_dir(root: Path) -> Path:
+def make_data_dir(root: Path, database_url: str | None = None) -> Path:
     """cam-a and cam-b enrolled, cam-new registered but never enrolled, cam-revoked and cam-off enrolled
     then revoked and disabled."""
-    init_data_dir(root)
+    init_data_dir(root, database_url=database_url)
     platform = Platform.open(root)
     try:
         for name in ("cam-a", "cam-b", "cam-revoked", "cam-off"):
@@ -409,6 +409,19 @@ def test_the_cache_is_bounded_expires_and_is_emptied_by_a_refresh(platform: Plat
     decisions.refresh({name: not_after for name, not_after in certified.items() if name != "cam-a"})
     assert decisions.cached == 0
     assert not decisions.may("cam-a", "publish", "things/cam-a/t4")
+
+
+@pytest.mark.both_databases
+def test_certified_things_are_read_alike_from_both_databases(tmp_path: Path, database_url: str | None) -> None:
+    opened = Platform.open(make_data_dir(tmp_path / "data", database_url))
+    try:
+        decisions = decisions_for(opened)
+    finally:
+        opened.close()
+    identified = {
+        name for name in ("cam-a", "cam-b", "cam-new", "cam-revoked", "cam-off", "ghost") if decisions.identified(name)
+    }
+    assert identified == {"cam-a", "cam-b"}
 
 
 def test_an_expired_certificate_denies_without_any_registry_change(platform: Platform) -> None:
