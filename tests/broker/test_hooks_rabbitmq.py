@@ -104,7 +104,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     init_data_dir(data_dir)
     devices = root / "devices"
     devices.mkdir()
-    creds = {name: enroll(data_dir, devices, name) for name in ("cam-a", "cam-b", "watcher")}
+    creds = {name: enroll(data_dir, devices, name) for name in ("cam-a", "cam-b", "cam-c", "watcher")}
     policy_file = root / "watcher.json"
     policy_file.write_text(json.dumps(WATCHER_POLICY))
     cli(data_dir, "policy", "add", "dashboard", str(policy_file))
@@ -213,6 +213,21 @@ def test_a_disabled_thing_is_refused_once_the_registry_changes(lab: Lab, device:
 
     def refused() -> bool:
         attempt = device(lab.creds["cam-b"], lab.node.mqtt_port)
+        accepted = attempt.connect().accepted
+        attempt.close()
+        return not accepted
+
+    assert wait_for(refused, timeout=5, interval=0.3)
+
+
+def test_a_revoked_thing_is_refused_even_though_rabbitmq_reads_no_crl(lab: Lab, device: Any) -> None:
+    cam_c = device(lab.creds["cam-c"], lab.node.mqtt_port)
+    assert cam_c.connect().accepted
+    cam_c.close()
+    cli(lab.data_dir, "device", "revoke", "cam-c")
+
+    def refused() -> bool:
+        attempt = device(lab.creds["cam-c"], lab.node.mqtt_port)
         accepted = attempt.connect().accepted
         attempt.close()
         return not accepted
