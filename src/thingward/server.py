@@ -79,6 +79,12 @@ class _ServerCollector(Collector):
             "MQTT connections closed because max_connections were open",
             value=self._server.broker.refused_over_capacity,
         )
+        hooks = CounterMetricFamily(
+            "thingward_hook_decisions", "Broker hook decisions (EMQX, VerneMQ, RabbitMQ)", labels=["result"]
+        )
+        hooks.add_metric(["allow"], self._server.hook_decisions.allowed)
+        hooks.add_metric(["deny"], self._server.hook_decisions.denied)
+        yield hooks
         yield CounterMetricFamily(
             "thingward_messages_stored",
             "Telemetry and event messages stored",

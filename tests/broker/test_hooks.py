@@ -455,3 +455,10 @@ def test_a_policy_change_reaches_the_hooks_of_a_running_server(tmp_path: Path) -
                 result = CliRunner().invoke(cli_app, [*args, "--data-dir", str(data_dir), "--json"])
                 assert result.exit_code == 0, result.stderr
             assert wait_for(lambda: answer() == "deny", timeout=5, interval=0.1)
+            metrics = client.get(f"{server.api}/metrics").text
+            counted = {
+                line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("thingward_hook_decisions_total{")
+            }
+            assert counted["allow"] >= 2 and counted["deny"] >= 1

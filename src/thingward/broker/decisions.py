@@ -77,8 +77,11 @@ class HookDecisions:
         self._generation = 0
         self._confirmed_at = clock()
         self._stale_reported = False
+        # Counters for /metrics (approximate under threads; never used for a decision).
         self.hits = 0
         self.misses = 0
+        self.allowed = 0
+        self.denied = 0
 
     @property
     def cached(self) -> int:
@@ -130,12 +133,15 @@ class HookDecisions:
     def may(self, thing: str, action: Action, topic: str) -> bool:
         """The policy decision for an identified thing; deny on any failure."""
         try:
-            if not self.identified(thing):
-                return False
-            return self._cached_decision(thing, action, topic)
+            allowed = self.identified(thing) and self._cached_decision(thing, action, topic)
         except Exception:
             logger.exception("broker hook decision failed for %r %s; denying", thing, action)
-            return False
+            allowed = False
+        if allowed:
+            self.allowed += 1
+        else:
+            self.denied += 1
+        return allowed
 
     def _cached_decision(self, thing: str, action: Action, topic: str) -> bool:
         key: _Key = (thing, action, topic)
