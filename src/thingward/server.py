@@ -292,8 +292,10 @@ class ThingwardServer:
             self.hook_decisions.confirm()
             return
         world = await asyncio.to_thread(self._load_world)
+        certified = await asyncio.to_thread(self._load_certified)
+        # Swapped together, with no await between: a hook never sees the new world with the old identities.
         self.engine.replace_world(world)
-        self.hook_decisions.refresh(await asyncio.to_thread(self._load_certified))
+        self.hook_decisions.refresh(certified)
         # Seen only once the world and the hooks' view are loaded: a failed load is retried at the next look.
         self._seen_event = newest
         self.metrics.policy_reloads.inc()
