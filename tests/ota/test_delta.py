@@ -25,7 +25,7 @@ from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.cli.main import app as cli
 from thingward.device.delta import DeltaUnusableError, apply_patch
-from thingward.device.update import FirmwareUpdater
+from thingward.device.update import FirmwareUpdater, UpdateRefusedError
 from thingward.errors import InvalidInputError
 from thingward.ota import delta, firmware
 from thingward.ota.repository import OtaRepository
@@ -287,6 +287,23 @@ def test_no_delta_for_the_running_version_takes_the_full_image(platform, repo, c
     assert len(delta.list_deltas(repo)) == 1  # from 1.0.0 only
     device = _device(counted, repo, tmp_path, a, version="0.9.0")  # a factory version never published
     _installs_full_image(device, counted, b, "no signed delta from 0.9.0 to cam/1.1.0.img")
+
+
+def test_a_signed_delta_to_an_older_version_cannot_take_a_device_back(platform, repo, counted, tmp_path) -> None:
+    a = secrets.token_bytes(SIZE)
+    b = _changed(a, 0)
+    _publish(platform, repo, tmp_path, "1.0.0", a, bases=0)
+    _publish(platform, repo, tmp_path, "1.1.0", b, bases=0)
+    targets = repo.targets().signed.targets
+    # Signed with the targets key: a delta from 1.1.0 back to 1.0.0 (a vulnerable one, say).
+    back = delta.publish_delta(repo, targets["cam/1.1.0.img"], targets["cam/1.0.0.img"], delta.make_patch(b, a))
+    assert back.path == "cam/1.0.0.from-1.1.0.delta"
+    device = _device(counted, repo, tmp_path, b, version="1.1.0")
+    assert device.update().status == "up_to_date"
+    with pytest.raises(UpdateRefusedError, match=r"version 1\.0\.0, older than the running 1\.1\.0"):
+        device.update(version="1.0.0")
+    assert device.running_version == "1.1.0" and device.slots.load().trial is None
+    assert counted.counter.targets() == {}
 
 
 def test_image_over_the_size_limit_refused_with_a_clear_error(platform, repo, tmp_path) -> None:

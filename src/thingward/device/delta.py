@@ -33,7 +33,6 @@ ALGORITHM = "bsdiff4"
 _MAGIC = b"BSDIFF40"
 _HEADER = struct.Struct("<8sQQQ")  # magic, compressed control length, compressed diff length, output length
 _CONTROL_ENTRY = 24  # three 8-byte integers
-_CHUNK = 1024 * 1024
 
 
 class DeltaUnusableError(ThingwardError):
@@ -117,14 +116,6 @@ def apply_patch(base: bytes, patch: bytes, output_length: int) -> bytes:
     return rebuilt
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def rebuild_from_delta(
     updater: Updater,
     target: TargetFile,
@@ -149,7 +140,11 @@ def rebuild_from_delta(
         raise DeltaUnusableError(f"{path} names another image than the signed {target.path}")
     if delta.length >= target.length:
         raise DeltaUnusableError(f"{path} is no smaller than the full image")
-    if _sha256_of(active_slot) != fields.get("from_sha256"):
+    try:
+        base = active_slot.read_bytes()
+    except OSError as e:
+        raise DeltaUnusableError(f"the running image cannot be read ({e.strerror}): {active_slot}") from None
+    if hashlib.sha256(base).hexdigest() != fields.get("from_sha256"):
         raise DeltaUnusableError(
             f"the running image is not the base {path} was made from (its SHA-256 differs from the signed one)"
         )
@@ -165,7 +160,7 @@ def rebuild_from_delta(
         raise DeltaUnusableError(f"{path} could not be downloaded ({type(e).__name__}): {e}") from None
     finally:
         patch_file.unlink(missing_ok=True)
-    rebuilt = apply_patch(active_slot.read_bytes(), patch, target.length)
+    rebuilt = apply_patch(base, patch, target.length)
     if hashlib.sha256(rebuilt).hexdigest() != expected_sha:
         raise DeltaUnusableError(f"the image rebuilt from {path} does not match the signed SHA-256 of {target.path}")
     image = work_dir / f"{expected_sha}.rebuilt"
