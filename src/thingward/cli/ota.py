@@ -197,7 +197,15 @@ def publish(
         platform.db.session() as session,
     ):
         deltas = delta.make_deltas(session, repo, cli_actor(), model, published.version, delta_bases)
-    emit(as_json, {**published.to_dict(), **deltas.to_dict()})
+
+    def human() -> None:
+        console.print(f"published {published.target_path}: {published.length} bytes, sha256 {published.sha256}")
+        for d in deltas.made:
+            console.print(f"  delta from {d.from_version}: {d.length} bytes ({d.share:.1%} of the image), {d.path}")
+        for skipped in deltas.skipped:
+            console.print(f"  no delta from {skipped.from_version}: {skipped.reason}", markup=False)
+
+    emit(as_json, {**published.to_dict(), **deltas.to_dict()}, human)
 
 
 @delta_app.command("make")
