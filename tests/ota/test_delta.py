@@ -205,6 +205,9 @@ def test_device_goes_a_to_b_by_delta_downloading_far_fewer_bytes(platform, repo,
     _publish(platform, repo, tmp_path, "1.0.0", a)
     (made,) = _publish(platform, repo, tmp_path, "1.1.0", b).made
     device = _device(counted, repo, tmp_path, a)
+    left_over = device.device_dir / "download" / f"{hashlib.sha256(b).hexdigest()}.part"
+    left_over.parent.mkdir()
+    left_over.write_bytes(b[:1000])  # an earlier full download that broke off; the delta makes it moot
     outcome = device.update()
     assert (outcome.status, outcome.version, outcome.delta, outcome.delta_fallback) == (
         "installed",
@@ -220,6 +223,14 @@ def test_device_goes_a_to_b_by_delta_downloading_far_fewer_bytes(platform, repo,
     assert device.boot(lambda slot, version: True).status == "confirmed"
     assert device.running_version == "1.1.0" and device.update().status == "up_to_date"
     assert not list((device.device_dir / "download").iterdir())
+    # The next release is rebuilt from the image now running, in slot B, and goes to slot A.
+    c = _changed(b, 2)
+    _publish(platform, repo, tmp_path, "1.2.0", c)
+    outcome = device.update()
+    assert (outcome.status, outcome.delta) == ("installed", "cam/1.2.0.from-1.1.0.delta")
+    assert device.slots.slot_file("a").read_bytes() == c
+    assert device.boot(lambda slot, version: True).status == "confirmed" and device.running_version == "1.2.0"
+    assert sum(n for name, n in counted.counter.targets().items() if name.endswith(".img")) == 0
 
 
 def test_tampered_delta_on_the_server_refused_by_tuf_and_full_image_installed(
@@ -277,6 +288,23 @@ def test_signed_but_corrupt_delta_falls_back_to_the_full_image(platform, repo, c
     delta.publish_delta(repo, targets["cam/1.0.0.img"], targets["cam/1.1.0.img"], bytes(patch))
     device = _device(counted, repo, tmp_path, a)
     _installs_full_image(device, counted, b, "not valid bzip2")
+
+
+def test_delta_whose_fields_name_another_image_is_not_used(platform, repo, counted, tmp_path) -> None:
+    a = secrets.token_bytes(SIZE)
+    b = _changed(a, 0)
+    _publish(platform, repo, tmp_path, "1.0.0", a, bases=0)
+    _publish(platform, repo, tmp_path, "1.1.0", b, bases=0)
+    targets = repo.targets().signed.targets
+    fields = delta.delta_fields(targets["cam/1.0.0.img"], targets["cam/1.1.0.img"])
+    other = _changed(a, 3)
+    fields["target_sha256"] = hashlib.sha256(other).hexdigest()  # a delta for another build of 1.1.0
+    patch = tmp_path / "patch"
+    patch.write_bytes(delta.make_patch(a, other))
+    repo.add_target("cam/1.1.0.from-1.0.0.delta", patch, {"delta": fields})
+    device = _device(counted, repo, tmp_path, a)
+    _installs_full_image(device, counted, b, "names another image than the signed cam/1.1.0.img")
+    assert not any(name.endswith(".delta") for name in counted.counter.targets())
 
 
 def test_no_delta_for_the_running_version_takes_the_full_image(platform, repo, counted, tmp_path) -> None:

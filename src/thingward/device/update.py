@@ -373,6 +373,8 @@ class FirmwareUpdater:
                 logger.warning("delta for %s not used, downloading the full image: %s", info.path, e)
             image, fetched = self._download(fetcher, info)
             return image, fetched, "", str(e)
+        # A partial full download left by an earlier try is not needed any more.
+        (self.device_dir / DOWNLOAD_DIR / f"{info.hashes.get('sha256')}.part").unlink(missing_ok=True)
         return rebuilt.image, rebuilt.downloaded_bytes, rebuilt.delta, ""
 
     def _download(self, fetcher: HttpFetcher, info: TargetFile) -> tuple[Path, int]:
