@@ -10,6 +10,7 @@ import asyncio
 import bz2
 import hashlib
 import json
+import random
 import secrets
 import struct
 import threading
@@ -18,7 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bsdiff4
+import bsdiff4.core
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from thingward.app.api import create_app
@@ -388,3 +393,51 @@ def test_patch_whose_block_decompresses_past_the_signed_length_refused() -> None
     patch = _patch((len(control), len(bomb), 1000), control + bomb + bz2.compress(b""))
     with pytest.raises(DeltaUnusableError, match="diff block decompresses past its bound of 1000 bytes"):
         apply_patch(b"x" * 1000, patch, 1000)
+
+
+_BASE = random.Random(7).randbytes(20_000)
+_NEW = _BASE[:8_000] + random.Random(8).randbytes(500) + _BASE[8_000:]
+_GOOD_PATCH = bsdiff4.diff(_BASE, _NEW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, len(_GOOD_PATCH) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+def test_a_corrupted_patch_is_refused_or_builds_exactly_the_signed_length(edits: list[tuple[int, int]]) -> None:
+    # Whatever bytes a delta holds, applying it ends in one clear refusal or in output of the signed length,
+    # which the target's hash then judges: never another exception, never more bytes.
+    patch = bytearray(_GOOD_PATCH)
+    for at, value in edits:
+        patch[at] = value
+    try:
+        rebuilt = apply_patch(_BASE, bytes(patch), len(_NEW))
+    except DeltaUnusableError:
+        return
+    assert len(rebuilt) == len(_NEW)
+
+
+def _blocks(patch: bytes) -> tuple[list[int], bytes, bytes]:
+    control_size, diff_size = struct.unpack_from("<QQ", patch, 8)
+    control = bz2.decompress(patch[32 : 32 + control_size])
+    numbers = [bsdiff4.core.decode_int64(control[i : i + 8]) for i in range(0, len(control), 8)]
+    diff = bz2.decompress(patch[32 + control_size : 32 + control_size + diff_size])
+    return numbers, diff, bz2.decompress(patch[32 + control_size + diff_size :])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 10_000), st.integers(-(2**63) + 1, 2**63 - 1)), min_size=1, max_size=4)
+)
+def test_a_well_formed_patch_with_hostile_control_numbers_cannot_overrun(changes: list[tuple[int, int]]) -> None:
+    # Past bzip2's checksums: the control block itself lies (huge seeks, negative or oversized copies).
+    numbers, diff, extra = _blocks(_GOOD_PATCH)
+    for at, value in changes:
+        numbers[at % len(numbers)] = value
+    control = bz2.compress(b"".join(bsdiff4.core.encode_int64(n) for n in numbers))
+    blocks = control + bz2.compress(diff) + bz2.compress(extra)
+    patch = _patch((len(control), len(bz2.compress(diff)), len(_NEW)), blocks)
+    try:
+        rebuilt = apply_patch(_BASE, patch, len(_NEW))
+    except DeltaUnusableError as e:
+        assert "does not apply" in str(e)
+        return
+    assert len(rebuilt) == len(_NEW)
