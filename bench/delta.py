@@ -3,25 +3,30 @@
 Image pairs, each an old and a new release:
 - `hello-dyn`, `hello-static`: a small C program built by gcc, dynamically and statically linked; the new
   release changes one constant and adds one function.
-- `firmware`: a generated C "firmware" (a few thousand small functions that call each other, a const asset
-  table), statically linked, about 4 MiB; the new release changes a constant, three function bodies, and adds
-  one function in the middle of the code, so everything after it moves (the hard case for a binary diff).
+- `firmware`: a generated C "firmware" (3,000 small functions that call each other, and 3 MiB of resources
+  linked in with .incbin: half random blobs, half text), statically linked, about 4 MiB; the new release
+  changes a constant, three function bodies and a 4 KiB resource, and adds one function in the middle of the
+  code, so everything after it moves (the hard case for a binary diff).
 - `synthetic`: 4 MiB of random bytes with one 64 KiB region rewritten and 300 bytes inserted.
 
 For each: full size, delta size and its share of the full image, make and apply times (median of --runs),
 and the full image compressed with xz -9 and zstd -19 (what a device would download without deltas but with
 compression). detools is measured too when it is importable; it is not a dependency of thingward.
+Then the firmware pair goes through thingward: published with its delta, and two devices update over
+loopback HTTPS, one by the delta and one by the full image.
 
-    .venv/bin/python bench/delta.py            # about a minute on 2 cores
+    .venv/bin/python bench/delta.py            # about 3 minutes on 2 cores, most of it gcc
     .venv/bin/python bench/delta.py --runs 1   # quicker
 
-Prints figures, asserts only that every delta rebuilds its image byte for byte.
+Prints figures, asserts only that every delta (and every device update) rebuilds its image byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import logging
 import lzma
 import os
 import platform
@@ -30,13 +35,21 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import bsdiff4
 
+from thingward.app.api import create_app
+from thingward.app.https import https_server
 from thingward.device.delta import apply_patch
+from thingward.device.update import FirmwareUpdater
+from thingward.ota import delta, firmware
+from thingward.ota.keys import create_key_set
+from thingward.ota.repository import OtaRepository
+from thingward.platform import Platform, cli_actor, init_data_dir
 
 Make = Callable[[bytes, bytes], bytes]
 Apply = Callable[[bytes, bytes, int], bytes]  # old image, patch, the new image's (signed) length
@@ -192,6 +205,65 @@ def pairs(tmp: Path, functions: int) -> list[tuple[str, bytes, bytes]]:
     return made
 
 
+def device_updates(tmp: Path, old: bytes, new: bytes, runs: int) -> None:
+    """Publish the firmware pair (the deltas made as `ota publish` makes them), then update two devices over
+    loopback HTTPS: one by the delta, one whose version has no delta (the full image)."""
+    init_data_dir(tmp / "data")
+    plat = Platform.open(tmp / "data")
+    create_key_set(tmp / "keys")
+    repo = OtaRepository.initialise(OtaRepository.for_data_dir(plat.settings.data_dir).path, tmp / "keys")
+    for version, image in (("1.9.0", old), ("2.0.0", new)):
+        (tmp / "fw.img").write_bytes(image)
+        started = time.perf_counter()
+        with plat.db.session() as session:
+            firmware.publish_image(session, repo, cli_actor(), tmp / "fw.img", "cam", version)
+        publish = time.perf_counter() - started
+        started = time.perf_counter()
+        with plat.db.session() as session:
+            report = delta.make_deltas(session, repo, cli_actor(), "cam", version)
+        made = time.perf_counter() - started
+    print(f"publish of 2.0.0: {publish:.2f} s for the image, {made:.2f} s more for {len(report.made)} delta(s)")
+    server = https_server(create_app(plat), "127.0.0.1", 0, plat.server_certificate_path, plat.server_key_path)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not start within 10 s")
+            time.sleep(0.01)
+        url = f"https://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        print("| device update (refresh, fetch, verify, A/B slot write) | seconds | bytes downloaded | + at 1 Mbit/s |")
+        print("|---|---:|---:|---:|")
+        timings: dict[str, list[float]] = {}
+        fetched: dict[str, int] = {}
+        kinds = (("by the delta from 1.9.0", "1.9.0"), ("full image (runs 1.8.0: no delta)", "1.8.0"))
+        for attempt in range(runs):  # fresh devices each round, the two kinds alternating
+            for label, running in kinds:
+                device = FirmwareUpdater.provision(
+                    tmp / f"dev-{running}-{attempt}",
+                    (repo.metadata_dir / "1.root.json").read_bytes(),
+                    old,
+                    running,
+                    url,
+                    plat.ca_certificate_path,
+                    "cam",
+                )
+                started = time.perf_counter()
+                outcome = device.update()
+                timings.setdefault(label, []).append(time.perf_counter() - started)
+                if outcome.status != "installed" or device.slots.slot_file("b").read_bytes() != new:
+                    raise SystemExit(f"the device update {label} did not install the image: {outcome}")
+                fetched[label] = outcome.downloaded_bytes
+        for label, _ in kinds:
+            seconds = statistics.median(timings[label])
+            print(f"| {label} | {seconds:.3f} | {fetched[label]} | {fetched[label] * 8 / 1e6:.1f} s |")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        plat.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each make and apply (median)")
@@ -227,6 +299,9 @@ def main() -> None:
                     f" {make_s:>7.3f} {apply_s:>8.3f} {xz:>9} {zstd if zstd is not None else '-':>10}"
                     f" {len(patch) / xz:>8.2%}"
                 )
+        firmware_old, firmware_new = next((old, new) for name, old, new in images if name == "firmware")
+        logging.disable(logging.WARNING)
+        device_updates(tmp, firmware_old, firmware_new, args.runs)
 
 
 if __name__ == "__main__":
