@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -9,9 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
+from thingward.cli.common import DataDir, JsonFlag, console, emit, err_console, handle_errors, open_platform
 from thingward.errors import InvalidInputError
-from thingward.ota import firmware, trust
+from thingward.ota import delta, firmware, trust
 from thingward.ota.keys import Pkcs11Key, create_key_set
 from thingward.ota.repository import OtaRepository
 from thingward.platform import cli_actor
@@ -21,9 +22,11 @@ app = typer.Typer(help="Over-the-air updates: firmware, advisories, rollouts.", 
 advisory_app = typer.Typer(help="Firmware advisories: which versions of a model are weak.", no_args_is_help=True)
 keys_app = typer.Typer(help="OTA signing keys: the offline root keys and the online keys.", no_args_is_help=True)
 root_app = typer.Typer(help="The OTA repository's root of trust.", no_args_is_help=True)
+delta_app = typer.Typer(help="Binary deltas between firmware images, signed as targets.", no_args_is_help=True)
 app.add_typer(advisory_app, name="advisory")
 app.add_typer(keys_app, name="keys")
 app.add_typer(root_app, name="root")
+app.add_typer(delta_app, name="delta")
 
 PassphraseEnv = Annotated[
     str,
@@ -172,15 +175,63 @@ def publish(
     min_version: Annotated[
         str | None, typer.Option("--min-version", help="The oldest version that may update to it directly.")
     ] = None,
+    delta_bases: Annotated[
+        int,
+        typer.Option(
+            "--delta-bases", help="Sign deltas to it from this many newest earlier versions (0: none).", min=0
+        ),
+    ] = delta.DELTA_BASES,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Store IMAGE by its hash and sign it as a TUF target with its model, version and minimum version."""
+    """Store IMAGE by its hash and sign it as a TUF target with its model, version and minimum version.
+
+    Deltas from the newest earlier versions are signed too, when they save enough (see 'ota delta make')."""
     platform = open_platform(data_dir)
     repo = OtaRepository.for_data_dir(platform.settings.data_dir)
     with platform.db.session() as session:
         published = firmware.publish_image(session, repo, cli_actor(), image, model, version, min_version)
-    emit(as_json, published.to_dict())
+    # The image is published (and committed) whatever happens to its deltas.
+    with (
+        contextlib.nullcontext() if as_json else err_console.status("making deltas ..."),
+        platform.db.session() as session,
+    ):
+        deltas = delta.make_deltas(session, repo, cli_actor(), model, published.version, delta_bases)
+
+    def human() -> None:
+        console.print(f"published {published.target_path}: {published.length} bytes, sha256 {published.sha256}")
+        for d in deltas.made:
+            console.print(f"  delta from {d.from_version}: {d.length} bytes ({d.share:.1%} of the image), {d.path}")
+        for skipped in deltas.skipped:
+            console.print(f"  no delta from {skipped.from_version}: {skipped.reason}", markup=False)
+
+    emit(as_json, {**published.to_dict(), **deltas.to_dict()}, human)
+
+
+@delta_app.command("make")
+@handle_errors
+def make_delta(
+    model: Annotated[str, typer.Option("--model", help="The device model.")],
+    from_version: Annotated[str, typer.Option("--from", help="The published version devices run now.")],
+    to_version: Annotated[str, typer.Option("--to", help="The published version they update to.")],
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", help="Refuse images larger than this (bsdiff needs ~17x in memory).", min=1)
+    ] = delta.MAX_DELTA_IMAGE_BYTES,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sign a bsdiff4 delta from one published image to a newer one (skipped if it would not save enough)."""
+    platform = open_platform(data_dir)
+    repo = OtaRepository.for_data_dir(platform.settings.data_dir)
+    with (
+        contextlib.nullcontext() if as_json else err_console.status(f"diffing {model} {from_version} -> {to_version}"),
+        platform.db.session() as session,
+    ):
+        result = delta.make_delta(session, repo, cli_actor(), model, from_version, to_version, max_bytes)
+    if isinstance(result, delta.Delta):
+        emit(as_json, {"made": True, **result.to_dict(), "share": round(result.share, 4)})
+    else:
+        emit(as_json, {"made": False, **result.to_dict()})
 
 
 @app.command("list")
@@ -194,6 +245,7 @@ def list_images(
     platform = open_platform(data_dir)
     with platform.db.read() as session:
         images = firmware.list_images(session, model)
+    deltas = delta.list_deltas(OtaRepository.for_data_dir(platform.settings.data_dir), model)
 
     def human() -> None:
         table = Table("model", "version", "min version", "bytes", "sha256", "published")
@@ -202,8 +254,13 @@ def list_images(
                 i.model, i.version, i.min_version or "", str(i.length), i.sha256[:16], i.published_at.isoformat()
             )
         console.print(table)
+        if deltas:
+            table = Table("model", "from", "to", "bytes", "share of full", "delta target", title="deltas")
+            for d in deltas:
+                table.add_row(d.model, d.from_version, d.target_version, str(d.length), f"{d.share:.1%}", d.path)
+            console.print(table)
 
-    emit(as_json, {"images": [i.to_dict() for i in images]}, human)
+    emit(as_json, {"images": [i.to_dict() for i in images], "deltas": [d.to_dict() for d in deltas]}, human)
 
 
 @advisory_app.command("add")

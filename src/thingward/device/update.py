@@ -38,6 +38,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from thingward.device.client import Device
+from thingward.device.delta import DeltaUnusableError, NoDeltaError, rebuild_from_delta
 from thingward.device.enroll import server_context
 from thingward.device.state import DeviceState
 from thingward.errors import ThingwardError
@@ -164,6 +165,8 @@ class UpdateOutcome:
     version: str
     target: str = ""
     downloaded_bytes: int = 0
+    delta: str = ""  # the signed delta the image was rebuilt from, if it was
+    delta_fallback: str = ""  # why the full image was downloaded instead of a delta
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -318,7 +321,7 @@ class FirmwareUpdater:
             if str(offered) in waiting.failed_versions:
                 # It failed its trial boot here; a loop of install and roll back helps nobody.
                 return UpdateOutcome("failed_before", str(offered), info.path)
-            image, fetched = self._download(fetcher, info)
+            image, fetched, delta, fallback = self._fetch(updater, fetcher, info, running)
         slot = self.slots.write_inactive(image)
         state = self.slots.load()
         state.versions[slot] = str(offered)
@@ -326,7 +329,7 @@ class FirmwareUpdater:
         self.slots.save(state)
         image.unlink()
         logger.info("firmware %s written to slot %s; boots once on the next start", offered, slot)
-        return UpdateOutcome("installed", str(offered), info.path, fetched)
+        return UpdateOutcome("installed", str(offered), info.path, fetched, delta, fallback)
 
     def _judge(self, info: TargetFile, running: Version) -> Version | None:
         custom = info.custom if isinstance(info.custom, dict) else {}
@@ -346,6 +349,33 @@ class FirmwareUpdater:
         if info.length > self.config.max_image_bytes:
             raise UpdateRefusedError(f"target {info.path} is {info.length} bytes, over {self.config.max_image_bytes}")
         return offered
+
+    def _fetch(
+        self, updater: Updater, fetcher: HttpFetcher, info: TargetFile, running: Version
+    ) -> tuple[Path, int, str, str]:
+        """The verified image for `info`: rebuilt from a signed delta when one leads from the running image,
+        else downloaded whole. Returns the image, the bytes downloaded, the delta used and why none was."""
+        state = self.slots.load()
+        targets = Metadata[Targets].from_file(str(self.device_dir / METADATA_DIR / "targets.json")).signed
+        try:
+            rebuilt = rebuild_from_delta(
+                updater,
+                info,
+                str(running),
+                self.slots.slot_file(state.active),
+                self.device_dir / DOWNLOAD_DIR,
+                targets,
+            )
+        except DeltaUnusableError as e:
+            if isinstance(e, NoDeltaError):
+                logger.info("downloading the full image of %s: %s", info.path, e)
+            else:
+                logger.warning("delta for %s not used, downloading the full image: %s", info.path, e)
+            image, fetched = self._download(fetcher, info)
+            return image, fetched, "", str(e)
+        # A partial full download left by an earlier try is not needed any more.
+        (self.device_dir / DOWNLOAD_DIR / f"{info.hashes.get('sha256')}.part").unlink(missing_ok=True)
+        return rebuilt.image, rebuilt.downloaded_bytes, rebuilt.delta, ""
 
     def _download(self, fetcher: HttpFetcher, info: TargetFile) -> tuple[Path, int]:
         """Fetch the image to a partial file, resuming one left by an earlier try; verify it whole."""

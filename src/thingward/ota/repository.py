@@ -6,6 +6,8 @@ Layout under `DATA_DIR/ota/`:
     metadata/N.targets.json, N.snapshot.json, timestamp.json
                                            consistent snapshots: a client mid-update never sees a mix
     targets/MODEL/SHA256.VERSION.img       images, content-addressed (the consistent-snapshot target name)
+    targets/MODEL/SHA256.NEW.from-OLD.delta
+                                           binary deltas between two images (ota/delta.py), signed the same way
     keys/ROLE-KEYID.pem, signers.json      the online keys (0600) and the signer URI for each role
 
 The root keys are never here: root.json is signed offline (`thingward ota init`, `thingward ota root
@@ -54,7 +56,8 @@ _LOCK_FILE = ".lock"
 # What the HTTPS door may serve: nothing else under the repository, whatever the URL says.
 METADATA_NAME = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|targets|snapshot|timestamp)\.json$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TARGET_FILE_NAME = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_.+!-]{1,80}\.img$")
+TARGET_FILE_NAME = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9_.+!-]{1,80}\.(?:img|delta)$")
+TARGET_SUFFIXES = (".img", ".delta")
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ class OtaRepository:
         return path if path.is_file() else None
 
     def target_file(self, model: str, name: str) -> Path | None:
-        """The stored image for a target URL (`MODEL/SHA256.VERSION.img`), or None."""
+        """The stored file for a target URL (`MODEL/SHA256.VERSION.img`, or a `.delta`), or None."""
         if not MODEL_NAME.match(model) or not TARGET_FILE_NAME.match(name) or model in {".", ".."}:
             return None
         path = self.targets_dir / model / name
@@ -301,8 +304,8 @@ class OtaRepository:
         across targets (versions only go up) holds against a publish racing in another process.
         """
         model, _, file_name = target_path.partition("/")
-        if not MODEL_NAME.match(model) or not file_name.endswith(".img"):
-            raise OtaError(f"target path {target_path!r} is not MODEL/VERSION.img")
+        if not MODEL_NAME.match(model) or not file_name.endswith(TARGET_SUFFIXES):
+            raise OtaError(f"target path {target_path!r} is not MODEL/VERSION.img (or MODEL/NAME.delta)")
         now = now or _now()
         with self._locked():
             targets = self.targets()
