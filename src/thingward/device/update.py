@@ -226,6 +226,12 @@ class FirmwareUpdater:
         self.targets_url = f"{api_url.rstrip('/')}/ota/targets/"
         self.ca_certificate = ca_certificate
         self.slots = ABSlots(device_dir / SLOTS_DIR)
+        # Told each step of an update ("downloading", "verifying", "installing"): the job agent reports them.
+        self.on_phase: Callable[[str], None] | None = None
+
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     @classmethod
     def provision(
@@ -318,7 +324,9 @@ class FirmwareUpdater:
             if str(offered) in waiting.failed_versions:
                 # It failed its trial boot here; a loop of install and roll back helps nobody.
                 return UpdateOutcome("failed_before", str(offered), info.path)
+            self._phase("downloading")
             image, fetched = self._download(fetcher, info)
+        self._phase("installing")
         slot = self.slots.write_inactive(image)
         state = self.slots.load()
         state.versions[slot] = str(offered)
@@ -379,6 +387,7 @@ class FirmwareUpdater:
                         fetched += len(chunk)
         except httpx.HTTPError as e:
             raise UpdateUnavailableError(f"download of {info.path} broke off after {fetched} bytes: {e}") from e
+        self._phase("verifying")
         with part.open("rb") as f:
             try:
                 info.verify_length_and_hashes(f)
