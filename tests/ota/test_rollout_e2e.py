@@ -205,14 +205,25 @@ def test_fix_sends_the_first_fixed_version_to_the_affected_devices(
     for version in ("1.1.5", "1.2.0", "1.3.0"):
         publish(served, tmp_path, "cam-c", version)
     cli(served, "ota", "advisory", "add", "--id", "CVE-2026-4242", "--model", "cam-c", "--affected", "<1.2.0")
+    # One affected device is in quarantine: it keeps its commands and update topics, so the fix reaches it.
+    report = cli(served, "audit")
+    fid = next(
+        f["id"]
+        for c in report["checks"]
+        for f in c["findings"]
+        if c["id"] == "FIRMWARE_ADVISORY" and f["resource"] == "thing:old-1"
+    )
+    cli(served, "audit", "mitigate", fid, "--action", "quarantine")
     created = cli(served, "ota", "rollout", "create", "--fix", "CVE-2026-4242", "--waves", "100")
     assert (created["version"], created["devices"], created["advisory"]) == ("1.2.0", 2, "CVE-2026-4242")
     shown = settled(served, created["id"])
     assert (shown["state"], shown["counts"]["succeeded"]) == ("completed", 2)
     assert {j["thing"] for j in shown["jobs"]} == {"old-0", "old-1"}
     assert fleet.agents["old-0"].updater.running_version == "1.2.0"
+    assert fleet.agents["old-1"].updater.running_version == "1.2.0"
     assert fine.stats.reports == []  # never part of it
-    assert cli(served, "ota", "advisory", "devices", "CVE-2026-4242")["devices"] == []
+    # The quarantined one may not publish its state, so only the other is known to be fixed.
+    assert [d["thing"] for d in cli(served, "ota", "advisory", "devices", "CVE-2026-4242")["devices"]] == ["old-1"]
 
 
 def test_a_late_device_gets_its_job_and_a_forged_status_is_refused(
@@ -240,6 +251,7 @@ def test_a_late_device_gets_its_job_and_a_forged_status_is_refused(
     assert wait_for(released, 10)
     # Both devices were offline when their jobs went out: they find them (retained) when they come.
     received: dict[str, list[bytes]] = {"victim": [], "attacker": []}
+    foreign: dict[str, list[str]] = {"victim": [], "attacker": []}
     devices = {}
     for name in ("victim", "attacker"):
         devices[name] = Device.from_dir(
@@ -248,10 +260,12 @@ def test_a_late_device_gets_its_job_and_a_forged_status_is_refused(
             host=served.host,
             port=served.port,
             on_command=lambda topic, payload, name=name: (
-                received[name].append(payload) if topic == job_topic(name) else None
+                received[name].append(payload) if topic == job_topic(name) else foreign[name].append(topic)
             ),
         )
         devices[name].connect()
+    # A wildcard for every thing's job documents: the broker refuses it (SUBACK 0x80), nothing arrives.
+    devices["attacker"].subscribe("things/+/commands/ota", qos=1)
     try:
         assert wait_for(lambda: all(received.values()), 10)
         victim_job = parse_job_document(received["victim"][0])
@@ -276,6 +290,85 @@ def test_a_late_device_gets_its_job_and_a_forged_status_is_refused(
         # Cancel: the victim, still holding its job, is told.
         cli(served, "ota", "rollout", "cancel", str(created["id"]))
         assert wait_for(lambda: any(b'"cancel"' in p for p in received["victim"]), 10)
+        assert foreign == {"victim": [], "attacker": []}
     finally:
         for device in devices.values():
             device.close()
+
+
+def test_an_agent_cut_off_at_its_reboot_carries_on_and_an_older_image_is_rejected(
+    served: Served, fleet: Fleet, tmp_path: Path
+) -> None:
+    cut = fleet.add("cut-0", "cam-e", "1.0.0", "group-e")
+    cut.restart_after_install = False  # stops at the reboot, as a device losing power there would
+    # The registry believes this one runs 1.0.0 (its last report); it runs 1.5.0 when the job comes.
+    newer = fleet.add("newer-0", "cam-e", "1.0.0", "group-e")
+    newer.stop(10)
+    newer.updater.slots.create(b"newer factory image", "1.5.0")
+    publish(served, tmp_path, "cam-e", "1.1.0")
+    created = cli(
+        served,
+        *("ota", "rollout", "create", "--model", "cam-e", "--version", "1.1.0", "--group", "group-e"),
+        *("--waves", "100", "--retries", "0", "--abort-min-finished", "10"),
+    )
+    assert wait_for(lambda: not cut._thread.is_alive(), 20)  # type: ignore[union-attr]
+    assert cut.updater.slots.load().trial is not None  # installed, not yet booted
+    again = JobAgent(
+        cut.name,
+        cut.identity_dir,
+        FirmwareUpdater(cut.updater.device_dir, served.api, served.ca, "cam-e"),
+        served.host,
+        served.port,
+    )
+    fleet.agents["cut-0-again"] = again
+    again.start()
+    rejecting = JobAgent(newer.name, newer.identity_dir, newer.updater, served.host, served.port)
+    fleet.agents["newer-0-again"] = rejecting
+    rejecting.start()
+    shown = settled(served, created["id"])
+    jobs = {j["thing"]: j for j in shown["jobs"]}
+    assert jobs["cut-0"]["state"] == "succeeded"
+    assert again.updater.running_version == "1.1.0"
+    assert [s for _, _, s, _ in again.stats.reports][-1] == "succeeded"
+    assert jobs["newer-0"]["state"] == "rejected"
+    assert "older than the running 1.5.0" in jobs["newer-0"]["reason"]
+    assert rejecting.updater.running_version == "1.5.0"
+
+
+def test_the_device_agent_command_takes_part_in_a_rollout(served: Served, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    identity = enroll_thing(served, "cli-0", "group-f", tmp_path)
+    factory = tmp_path / "factory.img"
+    factory.write_bytes(b"factory")
+    root = tmp_path / "root.json"
+    root.write_bytes(served.root)
+    agent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "thingward.cli.main", "device", "agent", "--dir", str(identity)),
+            *("--mqtt", f"{served.host}:{served.port}", "--api", served.api, "--model", "cam-f"),
+            *("--trusted-root", str(root), "--factory-image", str(factory), "--factory-version", "1.0.0"),
+            *("--duration", "60", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: reported_version(served, "cli-0") == "1.0.0", 20)
+        publish(served, tmp_path, "cam-f", "1.0.1")
+        created = cli(
+            served,
+            *("ota", "rollout", "create", "--model", "cam-f", "--version", "1.0.1", "--group", "group-f"),
+        )
+        assert settled(served, created["id"])["counts"]["succeeded"] == 1
+        agent.send_signal(signal.SIGINT)
+        out, err = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["running_version"], summary["restarts"]) == ("1.0.1", 1), err

@@ -273,3 +273,19 @@ def test_fix_without_a_fixed_version_says_what_to_publish(
         device_state.add_advisory(session, ACTOR, "CVE-2026-0002", "cam", "<1.5", "critical")
     with platform.db.session() as session, pytest.raises(NotFoundError, match="publish a fixed one"):
         rollout.create_fix_rollout(session, ACTOR, "CVE-2026-0002")
+
+
+def test_a_restarted_server_finds_every_document_devices_should_hold(
+    platform: Platform, repo: OtaRepository, tmp_path: Path
+) -> None:
+    _fleet(platform, 3)
+    _publish(platform, repo, tmp_path, "1.1.0")
+    options = rollout.RolloutOptions(waves=(100,), max_per_minute=2, timeout_seconds=3600)
+    with platform.db.session() as session:
+        rollout.create_rollout(session, ACTOR, "cam", "1.1.0", "cams", options, now=T0)
+    sent = _tick(platform, T0)
+    _finish_sent(platform, sent[:1], T0)
+    with platform.db.read() as session:
+        pending = rollout.pending_documents(session)
+    # The finished one holds nothing, the other sent one its job, the third was never sent.
+    assert [(d.thing, d.document) for d in pending] == [(sent[1].thing, sent[1].document)]
