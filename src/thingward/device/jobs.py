@@ -324,6 +324,10 @@ class JobAgent:
         self._thread = threading.Thread(target=self.run, name=f"ota-agent-{self.name}", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the agent to stop, without waiting (to stop many at once)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         if self._thread is not None:
