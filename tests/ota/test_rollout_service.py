@@ -289,3 +289,27 @@ def test_a_restarted_server_finds_every_document_devices_should_hold(
         pending = rollout.pending_documents(session)
     # The finished one holds nothing, the other sent one its job, the third was never sent.
     assert [(d.thing, d.document) for d in pending] == [(sent[1].thing, sent[1].document)]
+
+
+def test_the_servers_sink_keeps_only_well_formed_reports_a_thing_made_about_itself(platform: Platform) -> None:
+    from thingward.broker.base import InboundMessage
+    from thingward.ota.rollout_scheduler import RolloutScheduler
+
+    scheduler = RolloutScheduler(platform.db)
+    good = StatusReport(1, 1, "in_progress", "downloading").to_payload()
+    for thing, topic, payload in (
+        ("cam-000", "things/cam-001/update/status", good),  # another thing's topic (a loose custom policy)
+        ("cam-000", "things/cam-000/update/status", b'{"job_id": 1, "attempt": 1, "state": "queued"}'),
+        ("cam-000", "things/cam-000/update/status", b"x" * 5000),
+        ("cam-000", "things/cam-000/update/status", b"\xff\xfe"),
+    ):
+        scheduler.on_message(InboundMessage(thing, topic, payload, 1, False))
+    assert scheduler.refused == 4
+    scheduler.on_message(InboundMessage("cam-000", "things/cam-000/telemetry", good, 1, False))  # not a report
+    scheduler.on_message(InboundMessage("cam-000", "things/cam-000/update/status", good, 1, False))
+    assert (scheduler.refused, len(scheduler._reports)) == (4, 1)
+    for _ in range(100):  # a flood: bounded per thing and tick, other things unaffected
+        scheduler.on_message(InboundMessage("cam-000", "things/cam-000/update/status", good, 1, False))
+    scheduler.on_message(InboundMessage("cam-001", "things/cam-001/update/status", good, 1, False))
+    assert len(scheduler._reports) == 21
+    assert scheduler.dropped == 81

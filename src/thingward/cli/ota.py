@@ -330,6 +330,8 @@ def _jobs_table(summary: rollout.CampaignSummary) -> Table:
     table = Table("thing", "wave", "state", "attempt", "from", "reason")
     for job in summary.jobs:
         state = job.state + (f" ({job.substate})" if job.substate else "")
+        if job.state == "queued" and job.released_at is not None:
+            state += " (sent)"
         table.add_row(job.thing, str(job.wave + 1), state, str(job.attempt), job.from_version or "", job.reason)
     return table
 

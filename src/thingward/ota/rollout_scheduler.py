@@ -33,6 +33,9 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 
 TICK_INTERVAL = 1.0  # seconds between ticks when no report arrives (a report wakes the scheduler at once)
 MAX_QUEUED_REPORTS = 10_000
+# Reports one thing may queue for one tick: a real agent sends a handful per job; a device flooding its
+# status topic (the broker allows it many publishes a second) must not make every tick slow for everyone.
+MAX_REPORTS_PER_THING_PER_TICK = 20
 MIN_TICK_GAP = 0.05  # seconds: a burst of reports is handled in one transaction, not one per report
 
 
@@ -43,6 +46,7 @@ class RolloutScheduler:
         self._db = db
         self.interval = interval
         self._reports: collections.deque[tuple[str, StatusReport]] = collections.deque()
+        self._queued_by: collections.Counter[str] = collections.Counter()
         self._wake = asyncio.Event()
         self.refused = 0
         self.dropped = 0
@@ -65,12 +69,19 @@ class RolloutScheduler:
             self.refused += 1
             logger.warning("status report from %r dropped: %s", message.thing, e)
             return
+        if self._queued_by[message.thing] >= MAX_REPORTS_PER_THING_PER_TICK:
+            self.dropped += 1
+            logger.debug(
+                "status report from %r dropped: over %d this tick", message.thing, MAX_REPORTS_PER_THING_PER_TICK
+            )
+            return
         if len(self._reports) >= MAX_QUEUED_REPORTS:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 logger.warning("rollout status queue full (%d); dropped %d so far", MAX_QUEUED_REPORTS, self.dropped)
             return
         self._reports.append((message.thing, report))
+        self._queued_by[message.thing] += 1
         self._wake.set()
 
     def wake(self) -> None:
@@ -112,6 +123,7 @@ class RolloutScheduler:
             self._wake.clear()
             reports = list(self._reports)
             self._reports.clear()
+            self._queued_by.clear()
             try:
                 deliveries = await asyncio.to_thread(self._work, reports, dt.datetime.now(dt.UTC))
                 self.ticks += 1
