@@ -7,6 +7,7 @@ A few devices per test and waves that need no waiting: each test runs in seconds
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -372,3 +373,45 @@ def test_the_device_agent_command_takes_part_in_a_rollout(served: Served, tmp_pa
             agent.communicate()
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["running_version"], summary["restarts"]) == ("1.0.1", 1), err
+
+
+def test_an_agent_killed_mid_download_carries_on_and_the_download_resumes(served: Served, tmp_path: Path) -> None:
+    identity = enroll_thing(served, "halfway-0", "group-g", tmp_path)
+    updater = FirmwareUpdater.provision(
+        tmp_path / "halfway-0" / "ota", served.root, b"factory", "1.0.0", served.api, served.ca, "cam-g"
+    )
+    device = Device.from_dir(identity, "halfway-0", host=served.host, port=served.port)
+    device.connect()
+    device.publish_state(DeviceState(model="cam-g", firmware_version="1.0.0")).wait_for_publish(10)
+    device.close()
+    assert wait_for(lambda: reported_version(served, "halfway-0") == "1.0.0", 10)
+    publish(served, tmp_path, "cam-g", "1.1.0")
+    image = (tmp_path / "cam-g-1.1.0.img").read_bytes()
+    created = cli(served, *("ota", "rollout", "create", "--model", "cam-g", "--version", "1.1.0", "--group", "group-g"))
+    received: list[bytes] = []
+    device = Device.from_dir(
+        identity, "halfway-0", host=served.host, port=served.port, on_command=lambda t, p: received.append(p)
+    )
+    device.connect()
+    try:
+        assert wait_for(lambda: bool(received), 10)
+    finally:
+        device.close()
+    document = parse_job_document(received[0])
+    # What a device killed halfway through the download leaves: its journal, and half the image.
+    (updater.device_dir / "jobs.json").write_text(
+        json.dumps({"job": json.loads(document.to_payload()), "phase": "running", "done": []})
+    )
+    partial = updater.device_dir / "download" / f"{hashlib.sha256(image).hexdigest()}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(image[: len(image) // 2])
+    agent = JobAgent("halfway-0", identity, updater, served.host, served.port)
+    agent.start()
+    try:
+        shown = settled(served, created["id"])
+    finally:
+        agent.stop(10)
+    assert shown["counts"]["succeeded"] == 1
+    assert updater.running_version == "1.1.0"
+    assert agent.stats.last_update is not None
+    assert agent.stats.last_update.downloaded_bytes == len(image) - len(image) // 2

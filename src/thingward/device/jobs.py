@@ -28,7 +28,7 @@ from typing import Any
 
 from thingward.device.client import Device, DeviceConnectError
 from thingward.device.state import DeviceState
-from thingward.device.update import BootOutcome, FirmwareUpdater, UpdateError, UpdateRefusedError
+from thingward.device.update import BootOutcome, FirmwareUpdater, UpdateError, UpdateOutcome, UpdateRefusedError
 from thingward.errors import InvalidInputError
 from thingward.ota.job_protocol import JobDocument, StatusReport, job_topic, parse_job_document, status_topic
 from thingward.pki.files import write_atomic
@@ -64,6 +64,7 @@ class AgentStats:
     reports: list[tuple[int, int, str, str | None]] = field(default_factory=list)  # job, attempt, state, substate
     restarts: int = 0
     refused_documents: int = 0
+    last_update: UpdateOutcome | None = None
 
     @property
     def last_state(self) -> str | None:
@@ -248,6 +249,7 @@ class JobAgent:
         self.updater.on_phase = on_phase
         try:
             outcome = self.updater.update(document.version)
+            self.stats.last_update = outcome
         except UpdateRefusedError as e:
             self._finish(document, "rejected", str(e))
             return False
