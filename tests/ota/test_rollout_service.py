@@ -313,3 +313,42 @@ def test_the_servers_sink_keeps_only_well_formed_reports_a_thing_made_about_itse
     scheduler.on_message(InboundMessage("cam-001", "things/cam-001/update/status", good, 1, False))
     assert len(scheduler._reports) == 21
     assert scheduler.dropped == 81
+
+
+def test_the_rollout_commands(platform: Platform, repo: OtaRepository, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from thingward.cli.main import app
+
+    _fleet(platform, 3)
+    _publish(platform, repo, tmp_path, "1.1.0")
+    data_dir = str(platform.settings.data_dir)
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(app, [*args, "--data-dir", data_dir])
+        assert result.exit_code == code, (args, result.stdout, result.stderr)
+        return result.stdout + result.stderr
+
+    created = json.loads(
+        run("ota", "rollout", "create", "--model", "cam", "--version", "1.1.0", "--group", "cams", "--json")
+    )
+    campaign = str(created["id"])
+    assert json.loads(run("ota", "rollout", "pause", campaign, "--json"))["state"] == "paused"
+    assert json.loads(run("ota", "rollout", "resume", campaign, "--json"))["state"] == "running"
+    shown = run("ota", "rollout", "show", campaign, "--jobs")
+    assert f"rollout {campaign}: cam 1.1.0" in shown and "cam-000" in shown
+    assert json.loads(run("ota", "rollout", "cancel", campaign, "--json"))["counts"]["canceled"] == 3
+    assert "cam" in run("ota", "rollout", "list")
+    assert "leave out --model" in run("ota", "rollout", "create", "--fix", "X-1", "--model", "cam", code=1)
+    assert "give --model, --version and --group" in run("ota", "rollout", "create", "--model", "cam", code=1)
+    assert "--waves '1,x'" in run(
+        *("ota", "rollout", "create", "--model", "cam", "--version", "1.1.0"),
+        *("--group", "cams", "--waves", "1,x"),
+        code=1,
+    )
+    assert "no rollout 99" in run("ota", "rollout", "show", "99", code=1)
+    assert "--retries 11 is outside 0-10" in run(
+        *("ota", "rollout", "create", "--model", "cam", "--version", "1.1.0"),
+        *("--group", "cams", "--retries", "11"),
+        code=1,
+    )
