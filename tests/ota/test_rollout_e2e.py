@@ -415,3 +415,43 @@ def test_an_agent_killed_mid_download_carries_on_and_the_download_resumes(served
     assert updater.running_version == "1.1.0"
     assert agent.stats.last_update is not None
     assert agent.stats.last_update.downloaded_bytes == len(image) - len(image) // 2
+
+
+def test_a_restarted_server_sends_pending_jobs_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    init_data_dir(data_dir)
+    create_key_set(tmp_path / "keys", root_keys=1, root_threshold=1)
+    repo = OtaRepository.initialise(OtaRepository.for_data_dir(data_dir).path, tmp_path / "keys")
+    with serving(data_dir, dict(os.environ)) as first:
+        served = Served(data_dir, first.mqtt_host, first.mqtt_port, first.api, first.ca, b"")
+        identity = enroll_thing(served, "sleepy-0", "group-h", tmp_path)
+        device = Device.from_dir(identity, "sleepy-0", host=served.host, port=served.port)
+        device.connect()
+        device.publish_state(DeviceState(model="cam-h", firmware_version="1.0.0")).wait_for_publish(10)
+        device.close()
+        assert wait_for(lambda: reported_version(served, "sleepy-0") == "1.0.0", 10)
+        publish(served, tmp_path, "cam-h", "1.1.0")
+        created = cli(
+            served, "ota", "rollout", "create", "--model", "cam-h", "--version", "1.1.0", "--group", "group-h"
+        )
+        assert wait_for(
+            lambda: cli(served, "ota", "rollout", "show", str(created["id"]))["jobs"][0]["attempt"] == 1, 10
+        )
+    assert repo.exists
+    # The embedded broker kept the retained job document in memory only; the new server publishes it again.
+    with serving(data_dir, dict(os.environ)) as second:
+        received: list[bytes] = []
+        device = Device.from_dir(
+            identity,
+            "sleepy-0",
+            host=second.mqtt_host,
+            port=second.mqtt_port,
+            on_command=lambda t, p: received.append(p),
+        )
+        device.connect()
+        try:
+            assert wait_for(lambda: bool(received), 10)
+        finally:
+            device.close()
+    document = parse_job_document(received[0])
+    assert (document.operation, document.version, document.attempt) == ("update", "1.1.0", 1)
