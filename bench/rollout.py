@@ -157,10 +157,11 @@ def main() -> None:
     print(f"server CPU: {cpu:.2f} s in all, {cpu / count * 1000:.1f} ms per device")
     print("| wave | share | devices | first sent (s) | last finished (s) | wave time (s) | median job (s) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
+    shares = shown.wave_shares()
     for index, size in enumerate(shown.wave_sizes):
         jobs = [j for j in shown.jobs if j.wave == index and j.released_at and j.finished_at]
         if not jobs:
-            print(f"| {index + 1} | {shown.waves[index]}% | {size} | - | - | - | - |")
+            print(f"| {index + 1} | {shares[index]}% | {size} | - | - | - | - |")
             continue
         created = shown.created_at
         first = min(j.released_at for j in jobs if j.released_at) - created
@@ -170,7 +171,7 @@ def main() -> None:
         )
         median = durations[len(durations) // 2]
         print(
-            f"| {index + 1} | {shown.waves[index]}% | {size} | {first.total_seconds():.1f} | "
+            f"| {index + 1} | {shares[index]}% | {size} | {first.total_seconds():.1f} | "
             f"{last.total_seconds():.1f} | {(last - first).total_seconds():.1f} | {median:.1f} |"
         )
 

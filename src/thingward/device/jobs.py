@@ -211,7 +211,8 @@ class JobAgent:
             return None
         self._publish_state()
         if journal.phase == "rebooting" and document is not None:
-            if outcome.status == "confirmed":
+            if outcome.status == "confirmed" or self._running_version() == document.version:
+                # Confirmed now, or before a crash that came ahead of the report.
                 self._report(document, "succeeded")
             elif outcome.status == "rolled_back":
                 self._report(document, "failed", reason=outcome.reason)

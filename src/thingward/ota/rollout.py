@@ -149,11 +149,21 @@ class CampaignSummary:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def wave_shares(self) -> list[int]:
+        """The share of the campaign's devices each wave reaches, cumulative, in percent (a small fleet's
+        waves can differ from the ones asked for: a wave holds one device at least)."""
+        total = max(sum(self.wave_sizes), 1)
+        shares, reached = [], 0
+        for size in self.wave_sizes:
+            reached += size
+            shares.append(round(reached * 100 / total))
+        return shares
+
     def wave_counts(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
-        for index, size in enumerate(self.wave_sizes):
+        for index, (size, share) in enumerate(zip(self.wave_sizes, self.wave_shares(), strict=True)):
             states = Counter(j.state for j in self.jobs if j.wave == index)
-            out.append({"wave": index + 1, "percent": self.waves[index], "devices": size, "states": dict(states)})
+            out.append({"wave": index + 1, "percent": share, "devices": size, "states": dict(states)})
         return out
 
     def to_dict(self, with_jobs: bool = False) -> dict[str, object]:
@@ -239,7 +249,7 @@ def _summary(
         row.group_name,
         row.advisory_id,
         row.state,
-        options.waves[:waves_used],
+        options.waves,
         tuple(sizes[:waves_used]),
         row.current_wave,
         options,
