@@ -22,12 +22,13 @@ from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.audit.service import run_audit
-from thingward.broker.base import BrokerLimits, BrokerTls
+from thingward.broker.base import BrokerLimits, BrokerTls, InboundMessage
 from thingward.broker.decisions import HookDecisions, load_certified_things
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
 from thingward.ota.repository import OtaRepository
+from thingward.ota.rollout_scheduler import RolloutScheduler
 from thingward.platform import Platform
 from thingward.policy.engine import PolicyEngine
 from thingward.policy.world import PolicyWorld
@@ -120,6 +121,7 @@ class ThingwardServer:
         )
         self._revoked = _revoked_certificates(platform)
         self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
+        self.rollouts = RolloutScheduler(platform.db)
         self.broker = EmbeddedBroker(
             host=host,
             port=mqtt_port,
@@ -136,7 +138,7 @@ class ThingwardServer:
                 max_connections=settings.mqtt.max_connections,
             ),
             authorizer=self.engine,
-            on_message=self.writer,
+            on_message=self._on_message,
             plaintext_port=settings.mqtt.plaintext_port,
         )
         self.metrics.registry.register(_ServerCollector(self))
@@ -148,6 +150,10 @@ class ThingwardServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply_lock = asyncio.Lock()
         self._crl_written_at = dt.datetime.now(dt.UTC)
+
+    def _on_message(self, message: InboundMessage) -> None:
+        self.writer(message)
+        self.rollouts.on_message(message)
 
     def _sync_from_thread(self) -> None:
         """Called by API handlers in the thread pool: apply registry changes on the loop and wait for it."""
@@ -192,6 +198,7 @@ class ThingwardServer:
         if self.platform.settings.audit.interval_minutes > 0:
             self._tasks.append(asyncio.create_task(self._audit_on_schedule(), name="thingward-audit"))
         self._tasks.append(asyncio.create_task(self._refresh_ota(), name="thingward-ota-refresh"))
+        self._tasks.append(asyncio.create_task(self.rollouts.run(self.broker.publish), name="thingward-rollouts"))
         if self.platform.settings.mqtt.plaintext_port is not None:
             logger.warning("a plaintext MQTT listener is configured: it accepts no device (no identity)")
         return self.endpoints()
@@ -199,7 +206,7 @@ class ThingwardServer:
     async def stop(self) -> None:
         self._http.should_exit = True
         for task in reversed(self._tasks):
-            if task.get_name() in {"thingward-watch", "thingward-audit", "thingward-ota-refresh"}:
+            if task.get_name() in {"thingward-watch", "thingward-audit", "thingward-ota-refresh", "thingward-rollouts"}:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=10)

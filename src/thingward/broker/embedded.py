@@ -318,6 +318,26 @@ class EmbeddedBroker:
         logger.info("disconnected thing %r: %d connection(s) closed", thing, len(connections))
         return len(connections)
 
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish as the platform itself (OTA job documents, commands to devices).
+
+        Every subscriber is receive-checked by the policy as for any message, so only things allowed to
+        receive `topic` get it. A retained message is charged to no thing's quota; an empty retained
+        payload clears the topic. QoS 1 and 2 are delivered at each subscriber's granted QoS.
+        """
+        core = self._core
+        if core is None:
+            raise RuntimeError("the broker is not started")
+        if not _valid_topic_name(topic):
+            raise ValueError(f"cannot publish to {topic!r}: not a valid topic name")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"QoS {qos} is not 0, 1 or 2")
+        if len(payload) > self._limits.max_payload_bytes:
+            raise ValueError(f"payload of {len(payload)} bytes is over {self._limits.max_payload_bytes}")
+        await core._broadcast_message(None, topic, payload, 0 if qos == 0 else None)
+        if retain:
+            await core.retain_message(None, topic, payload, qos)
+
     def drop_retained(self, keep: Callable[[str, str], bool]) -> list[str]:
         """Forget the retained messages for which `keep(owner, topic)` is False (their owner was revoked, or may
         no longer publish there): a thing cut off must not go on speaking through what it retained."""

@@ -169,6 +169,78 @@ def report(
     emit(as_json, {"name": name, "reports": len(sent), "ports": sent[-1]})
 
 
+@app.command("agent")
+@handle_errors
+def agent(
+    directory: Annotated[Path, typer.Option("--dir", help="The enrolled device's directory (device.crt, ...).")],
+    mqtt_endpoint: Annotated[str, typer.Option("--mqtt", help="HOST:PORT of the broker's TLS listener.")],
+    api: Annotated[str, typer.Option("--api", help="URL of the thingward API (TUF metadata and images).")],
+    model: Annotated[str, typer.Option("--model", help="The device's model.")],
+    ota_dir: Annotated[
+        Path | None, typer.Option("--ota-dir", help="A/B slots, TUF metadata, job journal [default: DIR/ota].")
+    ] = None,
+    trusted_root: Annotated[
+        Path | None, typer.Option("--trusted-root", help="First start only: the OTA root.json to trust.")
+    ] = None,
+    factory_image: Annotated[
+        Path | None, typer.Option("--factory-image", help="First start only: the image in slot A.")
+    ] = None,
+    factory_version: Annotated[
+        str | None, typer.Option("--factory-version", help="First start only: that image's version.")
+    ] = None,
+    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Device side: the OTA job agent. Hears its jobs, installs them to the inactive slot, reboots into them
+    once (a restart of the agent), confirms or rolls back by itself, and reports every state."""
+    import threading
+
+    from cryptography import x509
+
+    from thingward.device.enroll import CA_FILE, CERT_FILE
+    from thingward.device.jobs import JobAgent
+    from thingward.device.update import SLOTS_DIR, STATE_FILE, FirmwareUpdater
+    from thingward.pki.ca import thing_name_from_certificate
+
+    cert_file = directory / CERT_FILE
+    try:
+        name = thing_name_from_certificate(x509.load_pem_x509_certificate(cert_file.read_bytes()))
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot read the device certificate {cert_file}: {e}; enroll first") from None
+    if name is None:
+        raise InvalidInputError(f"{cert_file} names no thing: it is not a thingward device certificate")
+    host, port = _mqtt_endpoint(mqtt_endpoint)
+    ota = ota_dir or directory / "ota"
+    if (ota / SLOTS_DIR / STATE_FILE).exists():
+        updater = FirmwareUpdater(ota, api, directory / CA_FILE, model)
+    elif trusted_root and factory_image and factory_version:
+        updater = FirmwareUpdater.provision(
+            ota, trusted_root.read_bytes(), factory_image.read_bytes(), factory_version, api, directory / CA_FILE, model
+        )
+    else:
+        raise InvalidInputError(
+            f"{ota} holds no A/B slots yet: give --trusted-root, --factory-image and --factory-version once"
+        )
+    job_agent = JobAgent(name, directory, updater, host, port)
+    stop = threading.Event()
+    job_agent.start()
+    try:
+        stop.wait(duration if duration > 0 else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        job_agent.stop()
+    emit(
+        as_json,
+        {
+            "name": name,
+            "running_version": updater.running_version,
+            "restarts": job_agent.stats.restarts,
+            "reports": len(job_agent.stats.reports),
+        },
+    )
+
+
 @app.command("revoke")
 @handle_errors
 def revoke(

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from thingward.cli.common import DataDir, JsonFlag, console, emit, err_console, handle_errors, open_platform
 from thingward.errors import InvalidInputError
-from thingward.ota import delta, firmware, trust
+from thingward.ota import delta, firmware, rollout, trust
+from thingward.ota.job_protocol import FINAL_STATES
 from thingward.ota.keys import Pkcs11Key, create_key_set
 from thingward.ota.repository import OtaRepository
 from thingward.platform import cli_actor
@@ -326,3 +331,228 @@ def devices(advisory_id: str, data_dir: DataDir = None, as_json: JsonFlag = Fals
         console.print(table)
 
     emit(as_json, {"advisory": advisory.to_dict(), "devices": [d.to_dict() for d in affected]}, human)
+
+
+# -- rollouts -------------------------------------------------------------------------------------------
+
+rollout_app = typer.Typer(
+    help="Rollout campaigns: a published version sent to devices in waves, with a rate and abort rules.",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
+WATCH_LIMIT_SECONDS = 24 * 3600
+
+
+def _waves(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InvalidInputError(f"--waves {text!r}: give cumulative percentages such as 1,10,50,100") from None
+
+
+def _rollout_table(summary: rollout.CampaignSummary) -> Group:
+    title = f"rollout {summary.id}: {summary.model} {summary.version}"
+    if summary.advisory_id:
+        title += f" (fixes {summary.advisory_id})"
+    head = Table.grid(padding=(0, 2))
+    head.add_row("state", f"[bold]{summary.state}[/bold]" + (f"  {summary.reason}" if summary.reason else ""))
+    head.add_row(
+        "rules",
+        f"{summary.options.max_per_minute}/min, abort at {summary.options.abort_failure_percent}% failed after "
+        f"{summary.options.abort_min_finished} finished, timeout {summary.options.timeout_seconds} s, "
+        f"{summary.options.retries} retries",
+    )
+    waves = Table("wave", "share", "devices", "progress", "succeeded", "failed", "in progress", "queued", title=title)
+    for entry in summary.wave_counts():
+        states: dict[str, int] = entry["states"]  # type: ignore[assignment]
+        size = int(str(entry["devices"]))
+        done = sum(n for state, n in states.items() if state in FINAL_STATES)
+        failed = sum(states.get(s, 0) for s in ("failed", "timed_out", "rejected"))
+        marker = " <" if int(str(entry["wave"])) == summary.current_wave + 1 and summary.state == "running" else ""
+        waves.add_row(
+            f"{entry['wave']}{marker}",
+            f"{entry['percent']}%",
+            str(size),
+            ProgressBar(total=max(size, 1), completed=done, width=24),
+            str(states.get("succeeded", 0)),
+            str(failed),
+            str(states.get("in_progress", 0)),
+            str(states.get("queued", 0)),
+        )
+    counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items() if n)
+    return Group(head, waves, f"{summary.total} devices: {counts}")
+
+
+def _jobs_table(summary: rollout.CampaignSummary) -> Table:
+    table = Table("thing", "wave", "state", "attempt", "from", "reason")
+    for job in summary.jobs:
+        state = job.state + (f" ({job.substate})" if job.substate else "")
+        if job.state == "queued" and job.released_at is not None:
+            state += " (sent)"
+        table.add_row(job.thing, str(job.wave + 1), state, str(job.attempt), job.from_version or "", job.reason)
+    return table
+
+
+@rollout_app.command("create")
+@handle_errors
+def rollout_create(
+    model: Annotated[str | None, typer.Option("--model", help="The device model.")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="The published version to send.")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="The devices of this group and its sub-groups.")] = None,
+    fix: Annotated[
+        str | None,
+        typer.Option("--fix", help="An advisory id: its affected devices, to the first version that fixes it."),
+    ] = None,
+    waves: Annotated[str, typer.Option("--waves", help="Cumulative percentages of the devices per wave.")] = ",".join(
+        map(str, rollout.RolloutOptions().waves)
+    ),
+    max_per_minute: Annotated[int, typer.Option("--max-per-minute", help="Job documents sent per minute.")] = (
+        rollout.RolloutOptions().max_per_minute
+    ),
+    abort_failure_percent: Annotated[
+        int, typer.Option("--abort-failure-percent", help="Abort when this share of finished devices failed.")
+    ] = rollout.RolloutOptions().abort_failure_percent,
+    abort_min_finished: Annotated[
+        int, typer.Option("--abort-min-finished", help="...once at least this many devices finished.")
+    ] = rollout.RolloutOptions().abort_min_finished,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds a device has for its job.")] = (
+        rollout.RolloutOptions().timeout_seconds
+    ),
+    retries: Annotated[int, typer.Option("--retries", help="Extra attempts for a failed or timed-out device.")] = (
+        rollout.RolloutOptions().retries
+    ),
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a campaign: --model M --version V --group G, or --fix ADVISORY_ID (optionally within --group).
+
+    `thingward serve` runs it: waves start when the previous one finished and the abort rule holds.
+    """
+    options = rollout.RolloutOptions(
+        _waves(waves), max_per_minute, abort_failure_percent, abort_min_finished, timeout, retries
+    )
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        if fix is not None:
+            if model is not None or version is not None:
+                raise InvalidInputError("--fix chooses the model and version itself: leave out --model and --version")
+            created = rollout.create_fix_rollout(session, cli_actor(), fix, options, group)
+        else:
+            if model is None or version is None or group is None:
+                raise InvalidInputError("give --model, --version and --group (or --fix ADVISORY_ID)")
+            created = rollout.create_rollout(session, cli_actor(), model, version, group, options)
+
+    def human() -> None:
+        console.print(
+            f"rollout {created.id}: {created.model} {created.version} to {created.total} devices in waves of "
+            f"{', '.join(map(str, created.wave_sizes))}; 'thingward ota rollout show {created.id} --watch' follows it"
+        )
+        for reason, names in created.skipped.items():
+            console.print(f"  skipped {len(names)}: {reason}", markup=False, highlight=False)
+
+    emit(as_json, created.to_dict(), human)
+
+
+@rollout_app.command("list")
+@handle_errors
+def rollout_list(
+    active: Annotated[bool, typer.Option("--active", help="Only running and paused rollouts.")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List rollouts, newest first."""
+    platform = open_platform(data_dir)
+    with platform.db.read() as session:
+        campaigns = rollout.list_rollouts(session, active)
+
+    def human() -> None:
+        table = Table("id", "model", "version", "target", "state", "devices", "succeeded", "failed", "created")
+        for c in campaigns:
+            failed = sum(c.counts.get(s, 0) for s in ("failed", "timed_out", "rejected"))
+            target = f"group {c.group}" if c.group else ""
+            target = f"{target} fix {c.advisory_id}".strip() if c.advisory_id else target
+            table.add_row(
+                str(c.id),
+                c.model,
+                c.version,
+                target,
+                c.state,
+                str(c.total),
+                str(c.counts.get("succeeded", 0)),
+                str(failed),
+                c.created_at.isoformat(timespec="seconds"),
+            )
+        console.print(table)
+
+    emit(as_json, {"rollouts": [c.to_dict() for c in campaigns]}, human)
+
+
+@rollout_app.command("show")
+@handle_errors
+def rollout_show(
+    campaign_id: Annotated[int, typer.Argument(help="The rollout's id.")],
+    jobs: Annotated[bool, typer.Option("--jobs", help="List every device's job too.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the rollout until it ends (Ctrl-C stops).")] = False,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a rollout's progress: per wave, per state, and (--jobs, --json) per device."""
+    platform = open_platform(data_dir)
+
+    def load() -> rollout.CampaignSummary:
+        with platform.db.read() as session:
+            return rollout.get_rollout(session, campaign_id)
+
+    summary = load()
+    if watch and not as_json:
+        started = time.monotonic()
+        with Live(_rollout_table(summary), console=console, refresh_per_second=2) as live:
+            while not _settled(summary) and time.monotonic() - started < WATCH_LIMIT_SECONDS:
+                time.sleep(1.0)
+                summary = load()
+                live.update(_rollout_table(summary))
+
+    def human() -> None:
+        if not watch:
+            console.print(_rollout_table(summary))
+        if jobs:
+            console.print(_jobs_table(summary))
+
+    emit(as_json, summary.to_dict(with_jobs=True), human)
+
+
+def _settled(summary: rollout.CampaignSummary) -> bool:
+    return summary.state not in {"running", "paused"} and not summary.counts.get("in_progress")
+
+
+def _operator_action(action: str, campaign_id: int, data_dir: Path | None, as_json: bool) -> None:
+    functions = {
+        "pause": rollout.pause_rollout,
+        "resume": rollout.resume_rollout,
+        "cancel": rollout.cancel_rollout,
+    }
+    platform = open_platform(data_dir)
+    with platform.db.session() as session:
+        summary = functions[action](session, cli_actor(), campaign_id)
+    emit(as_json, summary.to_dict())
+
+
+@rollout_app.command("pause")
+@handle_errors
+def rollout_pause(campaign_id: int, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Stop sending new jobs; devices already on theirs finish."""
+    _operator_action("pause", campaign_id, data_dir, as_json)
+
+
+@rollout_app.command("resume")
+@handle_errors
+def rollout_resume(campaign_id: int, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Carry on with a paused rollout."""
+    _operator_action("resume", campaign_id, data_dir, as_json)
+
+
+@rollout_app.command("cancel")
+@handle_errors
+def rollout_cancel(campaign_id: int, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """End a rollout: queued jobs are canceled (devices holding one are told); running ones finish."""
+    _operator_action("cancel", campaign_id, data_dir, as_json)

@@ -229,6 +229,12 @@ class FirmwareUpdater:
         self.targets_url = f"{api_url.rstrip('/')}/ota/targets/"
         self.ca_certificate = ca_certificate
         self.slots = ABSlots(device_dir / SLOTS_DIR)
+        # Told each step of an update ("downloading", "verifying", "installing"): the job agent reports them.
+        self.on_phase: Callable[[str], None] | None = None
+
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     @classmethod
     def provision(
@@ -321,7 +327,9 @@ class FirmwareUpdater:
             if str(offered) in waiting.failed_versions:
                 # It failed its trial boot here; a loop of install and roll back helps nobody.
                 return UpdateOutcome("failed_before", str(offered), info.path)
+            self._phase("downloading")
             image, fetched, delta, fallback = self._fetch(updater, fetcher, info, running)
+        self._phase("installing")
         slot = self.slots.write_inactive(image)
         state = self.slots.load()
         state.versions[slot] = str(offered)
@@ -409,6 +417,7 @@ class FirmwareUpdater:
                         fetched += len(chunk)
         except httpx.HTTPError as e:
             raise UpdateUnavailableError(f"download of {info.path} broke off after {fetched} bytes: {e}") from e
+        self._phase("verifying")
         with part.open("rb") as f:
             try:
                 info.verify_length_and_hashes(f)

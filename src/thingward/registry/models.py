@@ -396,3 +396,68 @@ class FirmwareImage(Base):
     published_by: Mapped[str] = mapped_column(String(128), nullable=False)
 
     __table_args__ = (UniqueConstraint("model", "version", name="uq_firmware_images_model_version"),)
+
+
+# --- OTA rollout campaigns: a firmware version sent to a set of devices in waves (migration 0009) ---
+
+
+class RolloutCampaign(Base):
+    """A campaign: one firmware version for a set of devices, released in waves under a rate and abort rules."""
+
+    __tablename__ = "rollout_campaigns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), nullable=False)
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    target_path: Mapped[str] = mapped_column(String(256), nullable=False)
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    advisory_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # running|paused|completed|aborted|canceled
+    waves: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of cumulative percentages
+    current_wave: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_per_minute: Mapped[int] = mapped_column(Integer, nullable=False)
+    abort_failure_percent: Mapped[int] = mapped_column(Integer, nullable=False)
+    abort_min_finished: Mapped[int] = mapped_column(Integer, nullable=False)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    retries: Mapped[int] = mapped_column(Integer, nullable=False)
+    reason: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(
+            "state in ('running', 'paused', 'completed', 'aborted', 'canceled')", name="ck_rollout_campaigns_state"
+        ),
+        Index("ix_rollout_campaigns_state", "state"),
+    )
+
+
+class RolloutJob(Base):
+    """One device's job in a campaign; `released_at` is when its job document was last sent to it."""
+
+    __tablename__ = "rollout_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("rollout_campaigns.id", ondelete="CASCADE"), nullable=False)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    wave: Mapped[int] = mapped_column(Integer, nullable=False)
+    # queued | in_progress | succeeded | failed | timed_out | rejected | canceled
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    substate: Mapped[str | None] = mapped_column(String(16), nullable=True)  # downloading ... rebooting
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    from_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reported_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    released_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The device must be told of a change (a new or repeated job document, a cancellation, a clear): the
+    # server's scheduler, the only publisher, sends it and clears the flag. A CLI in another process only
+    # sets it.
+    notify: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "thing_id", name="uq_rollout_jobs_campaign_thing"),
+        Index("ix_rollout_jobs_campaign_state", "campaign_id", "state"),
+        Index("ix_rollout_jobs_thing", "thing_id"),
+        Index("ix_rollout_jobs_notify", "notify"),
+    )
