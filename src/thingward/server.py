@@ -22,8 +22,9 @@ from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.audit.service import run_audit
-from thingward.broker.base import BrokerLimits, BrokerTls
+from thingward.broker.base import Broker, BrokerLimits, BrokerTls
 from thingward.broker.embedded import EmbeddedBroker
+from thingward.broker.mosquitto import ManagedMosquitto
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
 from thingward.ota.repository import OtaRepository
@@ -94,7 +95,9 @@ def _revoked_certificates(platform: Platform) -> dict[str, str]:
 
 
 class ThingwardServer:
-    def __init__(self, platform: Platform, host: str, mqtt_port: int, http_port: int) -> None:
+    def __init__(
+        self, platform: Platform, host: str, mqtt_port: int, http_port: int, broker: str | None = None
+    ) -> None:
         self.platform = platform
         self.host = host
         settings = platform.settings
@@ -104,25 +107,43 @@ class ThingwardServer:
             self._seen_event = latest_event_id(session)
         self._revoked = _revoked_certificates(platform)
         self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
-        self.broker = EmbeddedBroker(
-            host=host,
-            port=mqtt_port,
-            tls=BrokerTls(
-                cert_file=platform.server_certificate_path,
-                key_file=platform.server_key_path,
-                ca_file=platform.ca_certificate_path,
-                crl_file=platform.crl_path,
-            ),
-            limits=BrokerLimits(
-                max_payload_bytes=settings.mqtt.max_payload_bytes,
-                max_connects_per_minute=settings.mqtt.max_connects_per_minute,
-                max_publish_per_second=settings.mqtt.max_publish_per_second,
-                max_connections=settings.mqtt.max_connections,
-            ),
-            authorizer=self.engine,
-            on_message=self.writer,
-            plaintext_port=settings.mqtt.plaintext_port,
+        tls = BrokerTls(
+            cert_file=platform.server_certificate_path,
+            key_file=platform.server_key_path,
+            ca_file=platform.ca_certificate_path,
+            crl_file=platform.crl_path,
         )
+        limits = BrokerLimits(
+            max_payload_bytes=settings.mqtt.max_payload_bytes,
+            max_connects_per_minute=settings.mqtt.max_connects_per_minute,
+            max_publish_per_second=settings.mqtt.max_publish_per_second,
+            max_connections=settings.mqtt.max_connections,
+        )
+        self.broker: Broker
+        if (broker or settings.mqtt.broker) == "mosquitto":
+            self.broker = ManagedMosquitto(
+                host=host,
+                port=mqtt_port,
+                tls=tls,
+                limits=limits,
+                authorizer=self.engine,
+                world=lambda: self.engine.world,
+                ca=lambda: platform.ca,
+                work_dir=settings.data_dir / "mosquitto",
+                on_message=self.writer,
+                plaintext_port=settings.mqtt.plaintext_port,
+                executable=settings.mqtt.mosquitto_executable,
+            )
+        else:
+            self.broker = EmbeddedBroker(
+                host=host,
+                port=mqtt_port,
+                tls=tls,
+                limits=limits,
+                authorizer=self.engine,
+                on_message=self.writer,
+                plaintext_port=settings.mqtt.plaintext_port,
+            )
         self.metrics.registry.register(_ServerCollector(self))
         app = create_app(platform, self.metrics, after_enroll=self._sync_from_thread)
         self._http = https_server(app, host, http_port, platform.server_certificate_path, platform.server_key_path)
@@ -275,6 +296,7 @@ class ThingwardServer:
         self._seen_event = newest
         world = await asyncio.to_thread(self._load_world)
         self.engine.replace_world(world)
+        await self.broker.policies_changed()
         self.metrics.policy_reloads.inc()
         revoked = await asyncio.to_thread(_revoked_certificates, self.platform)
         newly_revoked_things = {name for serial, name in revoked.items() if serial not in self._revoked}
