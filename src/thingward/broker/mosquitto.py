@@ -36,7 +36,7 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -432,6 +432,8 @@ class ManagedMosquitto:
         self._reloads = 0
         self._reload_seen = asyncio.Event()
         self._kick_lock = asyncio.Lock()
+        self._kicking: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = 0
         self.stricter: tuple[str, ...] = ()
 
@@ -507,6 +509,10 @@ class ManagedMosquitto:
 
     async def stop(self) -> None:
         self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT)
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -579,6 +585,11 @@ class ManagedMosquitto:
                 events = self._takeovers.setdefault(client_id, collections.deque(maxlen=TAKEOVERS_KEPT))
                 events.append(Takeover(at=dt.datetime.now(dt.UTC), old_peer=old, new_peer=peer))
             self._sessions[client_id] = _Session(peer=peer, since=dt.datetime.now(dt.UTC))
+            if client_id != INTERNAL_IDENTITY and client_id not in self._kicking and not self._may_connect(client_id):
+                # Mosquitto cannot refuse a CONNECT by name: the session has no ACL, and is closed at once.
+                self.denials[(client_id, "connect")] += 1
+                logger.info("denied connect: thing=%s peer=%s reason=not allowed by policy: closing", client_id, peer)
+                self._spawn(self._kick(client_id))
             return
         closed = _CLOSED.search(line)
         if closed is not None:
@@ -588,6 +599,18 @@ class ManagedMosquitto:
                 self._pending_takeover[client_id] = session.peer
             if len(self._pending_takeover) > 10_000:
                 self._pending_takeover.clear()
+
+    def _may_connect(self, name: str) -> bool:
+        try:
+            return self._authorizer.authorize(name, "connect", name) is True
+        except Exception:
+            logger.exception("authorizer failed on connect of %r: denying", name)
+            return False
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def connected_things(self) -> set[str]:
         return {name for name in self._sessions if name != INTERNAL_IDENTITY}
@@ -643,10 +666,17 @@ class ManagedMosquitto:
             raise RuntimeError("the broker is not started")
         was_connected = thing in self._sessions
         await self._reload()
-        async with self._kick_lock:
-            await asyncio.to_thread(self._take_over, thing)
+        await self._kick(thing)
         logger.info("disconnected thing %r from mosquitto (session taken over and closed)", thing)
         return 1 if was_connected else 0
+
+    async def _kick(self, thing: str) -> None:
+        async with self._kick_lock:
+            self._kicking.add(thing)
+            try:
+                await asyncio.to_thread(self._take_over, thing)
+            finally:
+                self._kicking.discard(thing)
 
     def _take_over(self, thing: str) -> None:
         key, cert = _issue_client_certificate(self._ca(), thing, KICK_VALIDITY)
