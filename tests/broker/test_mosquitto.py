@@ -4,6 +4,9 @@ leaves the world as it found it."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
 import ssl
 import stat
 import subprocess
@@ -237,3 +240,56 @@ def test_a_disabled_device_is_dropped_and_cannot_come_back(
     assert mosq.wait_until(lambda: "cam3" not in mosq.broker.connected_things())
     again = client(creds["cam3"], mosq.port).connect()
     assert not again.accepted, again.detail
+
+
+@pytest.mark.parametrize("disabled", [True, False], ids=["disabled", "revoked-still-in-the-world"])
+def test_a_dropped_devices_will_is_not_published(
+    disabled: bool,
+    mosq: MosquittoHarness,
+    engine: PolicyEngine,
+    client: Callable[..., MqttDevice],
+    creds: dict[str, Creds],
+    restore_world: None,
+) -> None:
+    will = ("things/cam2/telemetry", b"last words", False)
+    cam2 = connected(client, creds["cam2"], mosq.port, will=will)
+    assert mosq.wait_until(lambda: "cam2" in mosq.broker.connected_things())
+    if disabled:
+        engine.replace_world(default_world(("cam1", "cam3")))  # a disabled thing leaves the world
+        mosq.call(mosq.broker.policies_changed())
+    assert mosq.call(mosq.broker.disconnect("cam2"), timeout=15) == 1
+    assert cam2.disconnected.wait(5)
+    # Ingestion sees what the will would have been published to; a sentinel from cam1 comes after it.
+    cam1 = connected(client, creds["cam1"], mosq.port)
+    cam1.publish("things/cam1/telemetry", b"sentinel")
+    seen = []
+    while True:
+        message = mosq.next_message()
+        seen.append(message.payload)
+        if message.payload == b"sentinel":
+            break
+    assert b"last words" not in seen
+
+
+def test_mosquitto_is_restarted_when_it_dies_and_ingestion_resumes(
+    mosq: MosquittoHarness, client: Callable[..., MqttDevice], creds: dict[str, Creds]
+) -> None:
+    before = mosq.broker.restarts
+    old_pid = mosq.run(lambda: mosq.broker.pid)
+    os.kill(old_pid, signal.SIGKILL)  # the process this module's harness started
+    assert mosq.wait_until(lambda: mosq.broker.restarts == before + 1, timeout=15)
+    assert mosq.run(lambda: mosq.broker.pid) != old_pid
+    # The internal client reconnects by itself (paho's backoff, at most 10 s); then messages flow again.
+    cam1 = connected(client, creds["cam1"], mosq.port)
+    while not mosq.messages.empty():
+        mosq.messages.get_nowait()
+    sent = [f"after-restart-{i}".encode() for i in range(30)]
+    for payload in sent:
+        cam1.publish("things/cam1/telemetry", payload)
+        try:
+            message = mosq.next_message(timeout=0.5)
+        except queue.Empty:
+            continue  # the internal client is still reconnecting: send another
+        assert message.topic == "things/cam1/telemetry" and message.payload in sent
+        return
+    pytest.fail("ingestion did not resume after mosquitto restarted")

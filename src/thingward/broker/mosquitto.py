@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -447,8 +448,11 @@ class ManagedMosquitto:
     def acl_path(self) -> Path:
         return self._work_dir / "mosquitto.acl"
 
-    def _write_acl(self) -> None:
-        compiled = compile_acl(self._world(), self._authorizer)
+    def _write_acl(self, cut_off: frozenset[str] = frozenset()) -> None:
+        world = self._world()
+        if cut_off:
+            world = dataclasses.replace(world, things={k: v for k, v in world.things.items() if k not in cut_off})
+        compiled = compile_acl(world, self._authorizer)
         write_secret(self.acl_path, compiled.text.encode())
         if compiled.stricter != self.stricter:
             for note in compiled.stricter:
@@ -661,12 +665,22 @@ class ManagedMosquitto:
         await self._reload()
 
     async def disconnect(self, thing: str) -> int:
-        """Reload (CRL, ACL), then take the thing's session over so Mosquitto closes it and forgets it."""
+        """Take the thing's session over so Mosquitto closes it and forgets it, with its rights cut off meanwhile.
+
+        The CRL is re-read first (a revoked device's reconnection is refused at the handshake), and while
+        the session is taken over the thing has no ACL: Mosquitto publishes a taken-over session's will if
+        the ACL lets it, and a device cut off must not speak through its will.
+        """
         if self._process is None or self._client is None:
             raise RuntimeError("the broker is not started")
         was_connected = thing in self._sessions
-        await self._reload()
-        await self._kick(thing)
+        await asyncio.to_thread(self._write_acl, frozenset({thing}))
+        try:
+            await self._reload()
+            await self._kick(thing)
+        finally:
+            await asyncio.to_thread(self._write_acl)
+            await self._reload()
         logger.info("disconnected thing %r from mosquitto (session taken over and closed)", thing)
         return 1 if was_connected else 0
 
