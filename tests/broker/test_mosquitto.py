@@ -4,6 +4,7 @@ leaves the world as it found it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -20,7 +21,7 @@ from broker.test_connect import _handshake, _tls_client
 from lab.mosquitto import MosquittoHarness, require_mosquitto
 from lab.mqtt import Creds, Pki
 from thingward.broker.base import BrokerLimits
-from thingward.broker.mosquitto import render_config
+from thingward.broker.mosquitto import MosquittoProcess, raw_mosquitto, render_config
 from thingward.broker.mosquitto_acl import INTERNAL_IDENTITY
 from thingward.policy.document import DEFAULT_POLICY, parse_policy_document
 from thingward.policy.engine import PolicyEngine
@@ -293,3 +294,27 @@ def test_mosquitto_is_restarted_when_it_dies_and_ingestion_resumes(
         assert message.topic == "things/cam1/telemetry" and message.payload in sent
         return
     pytest.fail("ingestion did not resume after mosquitto restarted")
+
+
+def test_raw_mosquitto_for_benchmarks_has_mtls_and_no_acl(
+    mpki: Pki, creds: dict[str, Creds], client: Callable[..., MqttDevice], tmp_path: Path
+) -> None:
+    require_mosquitto()
+
+    async def start() -> tuple[MosquittoProcess, int]:
+        return await raw_mosquitto(tmp_path / "raw", mpki.tls)
+
+    harness_loop = asyncio.new_event_loop()
+    try:
+        process, port = harness_loop.run_until_complete(start())
+        try:
+            assert not client(None, port, client_id="anyone").connect().accepted
+            cam1 = connected(client, creds["cam1"], port)
+            assert cam1.subscribe("things/cam2/#") == 1
+            cam1.publish("things/cam2/telemetry", b"no ACL here")  # the reference does no authorization
+            assert cam1.next_message().payload == b"no ACL here"
+            cam1.close()
+        finally:
+            harness_loop.run_until_complete(process.stop())
+    finally:
+        harness_loop.close()
