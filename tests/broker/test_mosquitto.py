@@ -318,3 +318,18 @@ def test_raw_mosquitto_for_benchmarks_has_mtls_and_no_acl(
             harness_loop.run_until_complete(process.stop())
     finally:
         harness_loop.close()
+
+
+def test_an_unknown_broker_setting_is_refused_with_the_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from thingward.cli.main import app
+    from thingward.config import load_settings
+    from thingward.errors import ConfigError
+
+    monkeypatch.setenv("THINGWARD_MQTT__BROKER", "rabbit")
+    with pytest.raises(ConfigError, match="embedded, mosquitto"):
+        load_settings(tmp_path)
+    monkeypatch.delenv("THINGWARD_MQTT__BROKER")
+    result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--broker", "rabbit", "--json"])
+    assert result.exit_code != 0 and "embedded, mosquitto" in result.stderr
