@@ -280,7 +280,7 @@ def test_mosquitto_is_restarted_when_it_dies_and_ingestion_resumes(
     os.kill(old_pid, signal.SIGKILL)  # the process this module's harness started
     assert mosq.wait_until(lambda: mosq.broker.restarts == before + 1, timeout=15)
     assert mosq.run(lambda: mosq.broker.pid) != old_pid
-    # The internal client reconnects by itself (paho's backoff, at most 10 s); then messages flow again.
+    # The internal client is made anew (a fresh certificate) after the restart; then messages flow again.
     cam1 = connected(client, creds["cam1"], mosq.port)
     while not mosq.messages.empty():
         mosq.messages.get_nowait()

@@ -481,7 +481,6 @@ class ManagedMosquitto:
             plaintext = _free_port(self._host)
         self._plaintext_port = plaintext
         self._write_acl()
-        cert, key = self._write_internal_identity()
         text = render_config(
             host=self._host,
             port=self._port,
@@ -495,10 +494,7 @@ class ManagedMosquitto:
         self._process = MosquittoProcess(self._executable, self.config_path, self._on_log_line)
         try:
             await self._process.start()
-            loop = asyncio.get_running_loop()
-            self._client = _InternalClient(loop, self._host, self._port, self._tls, cert, key, self._deliver)
-            await self._client.connect()
-            await self._client.barrier()
+            await self._connect_internal_client()
         except BaseException:
             await self.stop()
             raise
@@ -531,6 +527,17 @@ class ManagedMosquitto:
         self._sessions.clear()
         self._port = None
 
+    async def _connect_internal_client(self) -> None:
+        """A fresh certificate and client at every (re)start: the identity never outlives its certificate."""
+        old, self._client = self._client, None
+        if old is not None:
+            await asyncio.to_thread(old.close)
+        cert, key = await asyncio.to_thread(self._write_internal_identity)
+        client = _InternalClient(asyncio.get_running_loop(), self._host, self.port, self._tls, cert, key, self._deliver)
+        self._client = client
+        await client.connect()
+        await client.barrier()
+
     async def _supervise(self) -> None:
         """Restart mosquitto when it dies, waiting longer after each quick death (bounded)."""
         delay = RESTART_BACKOFF[0]
@@ -553,10 +560,12 @@ class ManagedMosquitto:
             try:
                 self._write_acl()
                 await process.start()
+                await self._connect_internal_client()
                 self.restarts += 1
                 logger.info("mosquitto restarted (%d restart(s) so far)", self.restarts)
             except Exception:
                 logger.exception("restarting mosquitto failed; trying again")
+                await process.stop()  # so the next wait returns at once and the backoff goes on
 
     @property
     def port(self) -> int:
