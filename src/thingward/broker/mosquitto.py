@@ -71,7 +71,8 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # seconds for mosquitto to say it is running
 CLIENT_TIMEOUT = 10.0  # seconds for the internal client's CONNACK, SUBACK, PUBACK
-RELOAD_TIMEOUT = 5.0  # seconds for a SIGHUP to be taken in
+RELOAD_TIMEOUT = 10.0  # seconds for a SIGHUP to be taken in
+RELOAD_RETRY = 2.0  # seconds without Mosquitto's "Reloading config." before the SIGHUP is sent again
 STOP_TIMEOUT = 5.0
 KICK_VALIDITY = dt.timedelta(minutes=1)
 INTERNAL_VALIDITY = dt.timedelta(days=30)
@@ -433,6 +434,7 @@ class ManagedMosquitto:
         self._reloads = 0
         self._reload_seen = asyncio.Event()
         self._kick_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
         self._kicking: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = 0
@@ -623,7 +625,12 @@ class ManagedMosquitto:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("mosquitto background task failed: %r", task.exception())
 
     def connected_things(self) -> set[str]:
         return {name for name in self._sessions if name != INTERNAL_IDENTITY}
@@ -648,25 +655,33 @@ class ManagedMosquitto:
         self._authorizer = authorizer
 
     async def _reload(self) -> None:
-        """SIGHUP (ACL and CRL re-read) and wait until Mosquitto has taken it in."""
-        process, client = self._process, self._client
-        if process is None or client is None:
-            raise RuntimeError("the broker is not started")
-        seen = self._reloads
-        self._reload_seen.clear()
-        process.signal(signal.SIGHUP)
-        async with asyncio.timeout(RELOAD_TIMEOUT):
-            while self._reloads == seen:
-                await self._reload_seen.wait()
-                self._reload_seen.clear()
-        # The reload runs to completion in Mosquitto's loop before it reads another packet.
-        await client.barrier()
+        """SIGHUP (ACL and CRL re-read) and wait until Mosquitto has taken it in.
+
+        One at a time, each finished before the next signal: Mosquitto keeps a single "reload" flag and
+        clears it when a reload ends, so a SIGHUP arriving during a reload is lost (seen under load). A
+        signal that still goes unanswered is sent again.
+        """
+        async with self._reload_lock:
+            process, client = self._process, self._client
+            if process is None or client is None:
+                raise RuntimeError("the broker is not started")
+            seen = self._reloads
+            async with asyncio.timeout(RELOAD_TIMEOUT):
+                while self._reloads == seen:
+                    self._reload_seen.clear()
+                    process.signal(signal.SIGHUP)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._reload_seen.wait(), RELOAD_RETRY)
+            # The line is printed as the reload starts; it runs to completion in Mosquitto's loop before
+            # the next packet is read, so a SUBACK round trip ends after it.
+            await client.barrier()
 
     def reload_crl(self) -> None:
-        """Mosquitto re-reads its crlfile on SIGHUP; live sessions stay (see `disconnect`)."""
+        """Mosquitto re-reads its crlfile on SIGHUP (in the background; `disconnect` reloads again and waits).
+        Live sessions stay: see `disconnect`."""
         if self._process is None:
             raise RuntimeError("the broker is not started")
-        self._process.signal(signal.SIGHUP)
+        self._spawn(self._reload())
 
     async def policies_changed(self) -> None:
         """Recompile the ACL from the current world and make Mosquitto apply it to every session."""
