@@ -11,12 +11,13 @@
 
 What Mosquitto 2.0.11 does not do, and what this adapter does instead (docs/brokers.md has the details):
 - SIGHUP re-reads the ACL and the CRL, and the new ACL applies to open sessions at once, but nobody is
-  disconnected. `disconnect(thing)` reloads, then takes the thing's session over: a connection with a
-  certificate of the same name, issued for a minute with a key that never leaves this process, makes
-  Mosquitto close the old connection (and, being a clean session, forget the persistent one); the
-  device's reconnection then meets the reloaded CRL or an empty ACL.
-- A CONNECT cannot be refused by name: a thing the policy may not connect as itself has no ACL block,
-  so its session can do nothing.
+  disconnected. `disconnect(thing)` cuts the thing out of the ACL, reloads, then takes its session over:
+  a connection with a certificate of the same name, issued for a minute with a key that never leaves
+  this process, makes Mosquitto close the old connection (and, being a clean session, forget the
+  persistent one) without publishing its will; then the ACL is restored. The device's reconnection meets
+  the reloaded CRL (revoked, disabled) or an empty ACL.
+- A CONNECT cannot be refused by name: a thing the policy may not connect as itself has no ACL block, so
+  its session can do nothing, and it is taken over as soon as Mosquitto logs it.
 - SUBSCRIBE is never refused (SUBACK 0); what a subscription delivers is checked per message.
 - Who is connected comes from Mosquitto's connection log lines (it has no API for it).
 """
