@@ -32,6 +32,9 @@ class ServerSettings:
     hostnames: tuple[str, ...] = ()
 
 
+BROKERS = ("embedded", "mosquitto")
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     port: int = 8883
@@ -44,6 +47,14 @@ class MqttSettings:
     max_publish_per_second: int = 1000
     # Open MQTT connections at once, all devices together.
     max_connections: int = 10_000
+    # The data plane: "embedded" (in-process, for a laptop and small fleets) or "mosquitto" (a Mosquitto
+    # process thingward configures and supervises; docs/brokers.md).
+    broker: str = "embedded"
+    mosquitto_executable: str = "mosquitto"
+
+    def __post_init__(self) -> None:
+        if self.broker not in BROKERS:
+            raise ConfigError(f"[mqtt] broker is {self.broker!r}: use one of {', '.join(BROKERS)}")
 
 
 @dataclass(frozen=True)
@@ -321,6 +332,7 @@ max_payload_bytes = 262144
 max_connects_per_minute = 30
 max_publish_per_second = 1000
 max_connections = 10000
+broker = "embedded"               # or "mosquitto": a managed Mosquitto process (docs/brokers.md)
 
 [pki]
 device_certificate_days = 90

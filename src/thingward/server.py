@@ -22,9 +22,10 @@ from thingward.app.api import create_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.audit.service import run_audit
-from thingward.broker.base import BrokerLimits, BrokerTls, InboundMessage
+from thingward.broker.base import Broker, BrokerLimits, BrokerTls, InboundMessage
 from thingward.broker.decisions import HookDecisions, load_certified_things
 from thingward.broker.embedded import EmbeddedBroker
+from thingward.broker.mosquitto import ManagedMosquitto
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
 from thingward.ota.repository import OtaRepository
@@ -102,7 +103,9 @@ def _revoked_certificates(platform: Platform) -> dict[str, str]:
 
 
 class ThingwardServer:
-    def __init__(self, platform: Platform, host: str, mqtt_port: int, http_port: int) -> None:
+    def __init__(
+        self, platform: Platform, host: str, mqtt_port: int, http_port: int, broker: str | None = None
+    ) -> None:
         self.platform = platform
         self.host = host
         settings = platform.settings
@@ -122,25 +125,43 @@ class ThingwardServer:
         self._revoked = _revoked_certificates(platform)
         self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
         self.rollouts = RolloutScheduler(platform.db)
-        self.broker = EmbeddedBroker(
-            host=host,
-            port=mqtt_port,
-            tls=BrokerTls(
-                cert_file=platform.server_certificate_path,
-                key_file=platform.server_key_path,
-                ca_file=platform.ca_certificate_path,
-                crl_file=platform.crl_path,
-            ),
-            limits=BrokerLimits(
-                max_payload_bytes=settings.mqtt.max_payload_bytes,
-                max_connects_per_minute=settings.mqtt.max_connects_per_minute,
-                max_publish_per_second=settings.mqtt.max_publish_per_second,
-                max_connections=settings.mqtt.max_connections,
-            ),
-            authorizer=self.engine,
-            on_message=self._on_message,
-            plaintext_port=settings.mqtt.plaintext_port,
+        tls = BrokerTls(
+            cert_file=platform.server_certificate_path,
+            key_file=platform.server_key_path,
+            ca_file=platform.ca_certificate_path,
+            crl_file=platform.crl_path,
         )
+        limits = BrokerLimits(
+            max_payload_bytes=settings.mqtt.max_payload_bytes,
+            max_connects_per_minute=settings.mqtt.max_connects_per_minute,
+            max_publish_per_second=settings.mqtt.max_publish_per_second,
+            max_connections=settings.mqtt.max_connections,
+        )
+        self.broker: Broker
+        if (broker or settings.mqtt.broker) == "mosquitto":
+            self.broker = ManagedMosquitto(
+                host=host,
+                port=mqtt_port,
+                tls=tls,
+                limits=limits,
+                authorizer=self.engine,
+                world=lambda: self.engine.world,
+                ca=lambda: platform.ca,
+                work_dir=settings.data_dir / "mosquitto",
+                on_message=self._on_message,
+                plaintext_port=settings.mqtt.plaintext_port,
+                executable=settings.mqtt.mosquitto_executable,
+            )
+        else:
+            self.broker = EmbeddedBroker(
+                host=host,
+                port=mqtt_port,
+                tls=tls,
+                limits=limits,
+                authorizer=self.engine,
+                on_message=self._on_message,
+                plaintext_port=settings.mqtt.plaintext_port,
+            )
         self.metrics.registry.register(_ServerCollector(self))
         app = create_app(
             platform, self.metrics, after_enroll=self._sync_from_thread, hook_decisions=self.hook_decisions
@@ -303,7 +324,9 @@ class ThingwardServer:
         # Swapped together, with no await between: a hook never sees the new world with the old identities.
         self.engine.replace_world(world)
         self.hook_decisions.refresh(certified)
-        # Seen only once the world and the hooks' view are loaded: a failed load is retried at the next look.
+        # Seen only once the world, the hooks' view and the broker's compiled ACL are up to date: a failed
+        # load is retried at the next look.
+        await self.broker.policies_changed()
         self._seen_event = newest
         self.metrics.policy_reloads.inc()
         revoked = await asyncio.to_thread(_revoked_certificates, self.platform)

@@ -32,7 +32,6 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter  # type: ignore[import-untyped]
@@ -55,11 +54,13 @@ from thingward.broker.base import (
     BrokerLimits,
     BrokerTls,
     InboundMessage,
+    LiveSession,
     MessageSink,
+    Takeover,
 )
 from thingward.errors import ConfigError
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["EmbeddedBroker", "LiveSession", "Takeover"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,27 +95,6 @@ async def _wait_finished(connections: list[_Connection], timeout: float) -> bool
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
     return not pending
-
-
-@dataclass(frozen=True)
-class LiveSession:
-    thing: str
-    serial: str
-    peer: str
-    since: dt.datetime
-
-    def to_dict(self) -> dict[str, str]:
-        return {"thing": self.thing, "serial": self.serial, "peer": self.peer, "since": self.since.isoformat()}
-
-
-@dataclass(frozen=True)
-class Takeover:
-    at: dt.datetime
-    old_peer: str
-    new_peer: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"at": self.at.isoformat(), "old_peer": self.old_peer, "new_peer": self.new_peer}
 
 
 class _Connection:
@@ -359,6 +339,10 @@ class EmbeddedBroker:
     def takeovers(self) -> dict[str, list[Takeover]]:
         """Recent takeovers (at most TAKEOVERS_KEPT per thing, newest last)."""
         return {thing: list(events) for thing, events in list(self._takeovers.items()) if events}
+
+    async def policies_changed(self) -> None:
+        """Nothing to compile: every action is asked of the authorizer, which already holds the new world (the
+        server drops the sessions of things no longer allowed to connect)."""
 
     def set_authorizer(self, authorizer: Authorizer) -> None:
         """Use `authorizer` from now on, for open sessions too; things no longer allowed to connect are dropped.

@@ -15,6 +15,8 @@ import typer
 from thingward import __version__
 from thingward.cli import audit, device, group, model, ota, policy, scan, user
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
+from thingward.config import BROKERS
+from thingward.errors import ConfigError
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
 
@@ -81,7 +83,12 @@ def init(
 
 
 async def _serve(
-    data_dir: Path | None, host: str | None, mqtt_port: int | None, http_port: int | None, as_json: bool
+    data_dir: Path | None,
+    host: str | None,
+    mqtt_port: int | None,
+    http_port: int | None,
+    as_json: bool,
+    broker: str | None = None,
 ) -> None:
     from thingward.server import ThingwardServer
 
@@ -92,6 +99,7 @@ async def _serve(
         host or settings.server.host,
         settings.mqtt.port if mqtt_port is None else mqtt_port,
         settings.server.http_port if http_port is None else http_port,
+        broker=broker,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,10 +135,18 @@ def serve(
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="HTTPS port; 0 picks a free one [default: 8443].")
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker", help="The MQTT data plane: embedded, or a managed mosquitto [default: from config, embedded]."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the broker (MQTT over mutual TLS only) and the HTTPS API until interrupted."""
-    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json))
+    if broker is not None and broker not in BROKERS:
+        raise ConfigError(f"--broker {broker!r}: use one of {', '.join(BROKERS)}")
+    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json, broker))
 
 
 @app.command("simulate")
