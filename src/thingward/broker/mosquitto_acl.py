@@ -36,6 +36,7 @@ INTERNAL_RULES: tuple[tuple[str, str], ...] = (
     ("read", "things/+/telemetry"),
     ("read", "things/+/state"),
     ("read", "things/+/events/+"),
+    ("read", "things/+/update/status"),  # OTA job reports for the rollout scheduler
     ("write", "things/+/commands/#"),
     ("write", "things/+/update/#"),
 )
