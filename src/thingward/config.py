@@ -136,6 +136,22 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class OnboardingSettings:
+    # How long a claim token the app gets for a new device stays valid (single use either way).
+    claim_ttl_seconds: int = 300
+    # The thing group every claimed device joins (the product's default policies hang off it).
+    default_thing_group: str = "default"
+    # The onboarding window a device opens when it has no network: 3 to 15 minutes.
+    window_minutes: int = 10
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.claim_ttl_seconds <= 3600:
+            raise ConfigError(f"[onboarding] claim_ttl_seconds is {self.claim_ttl_seconds}: use 60 to 3600")
+        if not 3 <= self.window_minutes <= 15:
+            raise ConfigError(f"[onboarding] window_minutes is {self.window_minutes}: use 3 to 15")
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -146,6 +162,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     accounts: AccountsSettings = field(default_factory=AccountsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    onboarding: OnboardingSettings = field(default_factory=OnboardingSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -175,6 +192,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSettings,
     "accounts": AccountsSettings,
     "smtp": SmtpSettings,
+    "onboarding": OnboardingSettings,
 }
 
 
@@ -320,4 +338,9 @@ username = ""
 password_env = ""                 # the name of an environment variable holding the SMTP password
 from_address = "thingward@localhost"
 timeout_seconds = 10
+
+[onboarding]
+claim_ttl_seconds = 300           # a claim token for a new device: single use, valid this long
+default_thing_group = "default"   # every claimed device joins this thing group
+window_minutes = 10               # a device's onboarding window: 3 to 15 minutes
 """

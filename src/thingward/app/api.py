@@ -16,6 +16,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from thingward import __version__
 from thingward.accounts.service import Accounts
 from thingward.app.metrics import Metrics
+from thingward.app.onboarding_api import onboarding_router
 from thingward.app.throttle import FailureThrottle
 from thingward.errors import (
     ConflictError,
@@ -174,6 +175,8 @@ def create_app(
         if path is None:
             return JSONResponse({"error": f"no OTA image {model}/{name}"}, status_code=404)
         return FileResponse(path, media_type="application/octet-stream")
+
+    app.include_router(onboarding_router(platform, after_enroll))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
