@@ -83,21 +83,23 @@ def claiming_user(request: Request) -> UserInfo:
     return require_user(request).user
 
 
+ClaimingUser = Annotated[UserInfo, Depends(claiming_user)]
+
+
 def onboarding_router(platform: Platform, after_enroll: Callable[[], None] | None = None) -> APIRouter:
     router = APIRouter()
     claims = Claims(platform)
     throttle = FailureThrottle()
-    user_dependency = Annotated[UserInfo, Depends(claiming_user)]
 
     @router.post("/api/v1/claims", status_code=201, response_model=ClaimResponse)
-    def create_claim(body: ClaimRequest, user: user_dependency, request: Request) -> Any:
+    def create_claim(body: ClaimRequest, user: ClaimingUser, request: Request) -> Any:
         """A single-use claim token for a device you are setting up, valid for minutes."""
         claim = claims.mint(user.id, body.device_id, f"ip:{_client(request)}")
         return ClaimResponse(id=claim.id, token=claim.token, device_id=claim.device_id,
                              expires_at=claim.expires_at.isoformat())  # fmt: skip
 
     @router.get("/api/v1/claims/{claim_id}", response_model=ClaimStatusResponse)
-    def claim_status(claim_id: int, user: user_dependency, request: Request) -> Any:
+    def claim_status(claim_id: int, user: ClaimingUser, request: Request) -> Any:
         """Whether the device took the claim, enrolled, and reported in; only for the claim's owner."""
         status = claims.status(user.id, claim_id, f"ip:{_client(request)}")
         return ClaimStatusResponse(
