@@ -175,7 +175,8 @@ class OnboardingLab:
         argv = [*THINGWARD, "device", "onboard-agent", "--label-file", str(label_file), "--model", "cam-x",
                 "--ap-address", DEVICE_AP_ADDRESS, "--state-dir", str(state_dir), "--platform-url",
                 f"https://{PLATFORM_ADDRESS}:{HTTP_PORT}", "--platform-ca", str(data_dir / "pki" / "ca.crt"),
-                "--mqtt", f"{PLATFORM_ADDRESS}:{MQTT_PORT}", "--simulated-wifi", str(home_ap), "--json", *extra]  # fmt: skip
+                "--mqtt", f"{PLATFORM_ADDRESS}:{MQTT_PORT}", "--simulated-wifi", str(home_ap), "--json",
+                *extra]  # fmt: skip
         return self.start(self.cam, argv, name, stdout_pipe=True)
 
 

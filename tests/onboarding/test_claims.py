@@ -113,9 +113,8 @@ def test_claim_token_replay_refused_and_audited(claim_api: ClaimApi) -> None:
     replay = _enroll(claim_api, str(claim["token"]), "cam-2")
     assert replay.status_code == 403
     assert "claim refused" in replay.json()["error"]
-    with claim_api.platform.db.read() as session:
-        with pytest.raises(Exception, match="no thing named"):
-            get_thing(session, "cam-2")
+    with claim_api.platform.db.read() as session, pytest.raises(Exception, match="no thing named"):
+        get_thing(session, "cam-2")
     assert any("used again" in r for r in _refusals(claim_api.platform))
 
 
