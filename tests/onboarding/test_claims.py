@@ -192,3 +192,34 @@ def test_claim_settings_validated(tmp_path: Path) -> None:
         OnboardingSettings(window_minutes=20)
     with pytest.raises(ConfigError, match="60 to 3600"):
         OnboardingSettings(claim_ttl_seconds=5)
+
+
+def _onboard_cli(api: ClaimApi, tmp_path: Path, token: str, ap_port: int) -> tuple[int, dict[str, object]]:
+    import subprocess
+    import sys
+
+    from thingward.device.onboarding.label import new_label
+
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "wifi").write_text("plum-violin-89-quietly-sailing\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "thingward.cli.main", "onboard", "--label", new_label("cam-cli").code(),
+         "--wifi-ssid", "home", "--wifi-passphrase-file", str(tmp_path / "wifi"), "--url", api.url,
+         "--api-token-file", str(tmp_path / "token"), "--ca-certificate", str(api.platform.ca_certificate_path),
+         "--ap-address", f"127.0.0.1:{ap_port}", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_onboard_cli_says_what_failed(claim_api: ClaimApi, tmp_path: Path) -> None:
+    import socket
+
+    _, token = _person(claim_api, "alice@example.com")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connect refused
+        status, bad_token = _onboard_cli(claim_api, tmp_path, "twk_wrong", port)
+        assert status == 1 and "HTTP 401" in str(bad_token["error"])
+        status, no_device = _onboard_cli(claim_api, tmp_path, token, port)
+    assert status == 1 and "cannot reach the device's provisioning service" in str(no_device["error"])

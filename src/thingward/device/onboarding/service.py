@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PROVISIONING_PORT = 5733
 FRAME_TIMEOUT = 10.0  # seconds for each frame to arrive in full
+HANDSHAKE_TIMEOUT = 15.0  # seconds from connect to the app's proof
 CONNECTION_TIMEOUT = 120.0  # seconds one connection may last, handshake and commands together
 MAX_CLAIM_TOKEN = 256
 
@@ -188,12 +189,10 @@ class ProvisioningService:
             await self._send(writer, {"type": "busy", "error": "another app is setting this device up"})
             return
         async with self._busy:
-            info = self.info.frame()
-            await write_frame(writer, info, self._frame_timeout)
-            handshake = DeviceHandshake(self._pop, info)
-            start = load_message(await read_frame(reader, self._frame_timeout))
-            await self._send(writer, handshake.respond(start))
-            confirm = load_message(await read_frame(reader, self._frame_timeout))
+            try:
+                handshake, confirm = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
+            except TimeoutError:
+                raise FrameError(f"the handshake took over {HANDSHAKE_TIMEOUT:g} s") from None
             try:
                 reply, channel = handshake.verify(confirm)
             except HandshakeError:
@@ -208,6 +207,16 @@ class ProvisioningService:
                 raise
             await self._send(writer, reply)
             await self._session(reader, writer, channel)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                         ) -> tuple[DeviceHandshake, dict[str, object]]:  # fmt: skip
+        """Info, keys, and the app's proof: one stranger cannot hold the only session for long."""
+        info = self.info.frame()
+        await write_frame(writer, info, self._frame_timeout)
+        handshake = DeviceHandshake(self._pop, info)
+        start = load_message(await read_frame(reader, self._frame_timeout))
+        await self._send(writer, handshake.respond(start))
+        return handshake, load_message(await read_frame(reader, self._frame_timeout))
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        channel: SecureChannel) -> None:  # fmt: skip
