@@ -29,6 +29,7 @@ class DeviceAnnouncement:
     device_id: str
     model: str
     versions: tuple[int, ...]
+    busy: bool = False
 
 
 def parse_info(info: bytes) -> DeviceAnnouncement:
@@ -40,8 +41,9 @@ def parse_info(info: bytes) -> DeviceAnnouncement:
     versions = message.get("versions")
     if message.get("protocol") != PROTOCOL or not isinstance(versions, list):
         raise ProvisioningError("this service does not speak thingward provisioning")
-    return DeviceAnnouncement(str(message.get("device_id", "")), str(message.get("model", "")),
-                              tuple(v for v in versions if isinstance(v, int)))  # fmt: skip
+    numbers = tuple(v for v in versions if isinstance(v, int))
+    busy = message.get("busy") is True
+    return DeviceAnnouncement(str(message.get("device_id", "")), str(message.get("model", "")), numbers, busy)
 
 
 class ProvisioningClient:
@@ -98,9 +100,9 @@ class ProvisioningClient:
 
     async def _handshake(self) -> None:
         info = await self._read()
-        if info.startswith(b'{"error"') or b'"busy"' in info[:40]:
-            raise ProvisioningError("another app is setting this device up right now: try again in a minute")
         self.announcement = parse_info(info)
+        if self.announcement.busy:
+            raise ProvisioningError("another app is setting this device up right now: try again in a minute")
         if VERSION not in self.announcement.versions:
             raise ProvisioningError(f"the device speaks protocol versions {self.announcement.versions}, not {VERSION}")
         if self.announcement.device_id != self.label.device_id:

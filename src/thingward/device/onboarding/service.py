@@ -53,16 +53,17 @@ class DeviceInfo:
     device_id: str
     model: str
 
-    def frame(self) -> bytes:
-        return dump_message(
-            {
-                "protocol": PROTOCOL,
-                "versions": [VERSION],
-                "security": SECURITY,
-                "device_id": self.device_id,
-                "model": self.model,
-            }
-        )
+    def frame(self, busy: bool = False) -> bytes:
+        info: dict[str, object] = {
+            "protocol": PROTOCOL,
+            "versions": [VERSION],
+            "security": SECURITY,
+            "device_id": self.device_id,
+            "model": self.model,
+        }
+        if busy:
+            info["busy"] = True
+        return dump_message(info)
 
 
 @dataclass
@@ -186,7 +187,8 @@ class ProvisioningService:
         if not self.window.is_open(self._clock()):
             return
         if self._busy.locked():
-            await self._send(writer, {"type": "busy", "error": "another app is setting this device up"})
+            # The info again, marked busy: the app says so, and a scanner still knows what listens here.
+            await write_frame(writer, self.info.frame(busy=True), self._frame_timeout)
             return
         async with self._busy:
             try:
