@@ -141,14 +141,10 @@ class OnboardingSettings:
     claim_ttl_seconds: int = 300
     # The thing group every claimed device joins (the product's default policies hang off it).
     default_thing_group: str = "default"
-    # The onboarding window a device opens when it has no network: 3 to 15 minutes.
-    window_minutes: int = 10
 
     def __post_init__(self) -> None:
         if not 60 <= self.claim_ttl_seconds <= 3600:
             raise ConfigError(f"[onboarding] claim_ttl_seconds is {self.claim_ttl_seconds}: use 60 to 3600")
-        if not 3 <= self.window_minutes <= 15:
-            raise ConfigError(f"[onboarding] window_minutes is {self.window_minutes}: use 3 to 15")
 
 
 @dataclass(frozen=True)
@@ -342,5 +338,4 @@ timeout_seconds = 10
 [onboarding]
 claim_ttl_seconds = 300           # a claim token for a new device: single use, valid this long
 default_thing_group = "default"   # every claimed device joins this thing group
-window_minutes = 10               # a device's onboarding window: 3 to 15 minutes
 """

@@ -87,3 +87,22 @@ def test_agent_reports_ap_mode_after_a_button_press_and_the_audit_flags_it_later
     assert result.status == "fail" and "16 min" in result.findings[0].message
     soon = snapshot(now=report.onboarding_since + dt.timedelta(minutes=5), reports=(facts,))
     assert checks.onboarding_window_open(soon).status == "pass"
+
+
+@pytest.mark.parametrize("minutes", ["2", "16"])
+def test_agent_refuses_a_window_outside_3_to_15_minutes(tmp_path: Path, minutes: str) -> None:
+    import subprocess
+    import sys
+
+    label = tmp_path / "label"
+    label.write_text(new_label("cam-w").code())
+    result = subprocess.run(
+        [sys.executable, "-m", "thingward.cli.main", "device", "onboard-agent", "--label-file", str(label),
+         "--model", "cam-x", "--ap-address", "127.0.0.1", "--state-dir", str(tmp_path / "s"), "--platform-url",
+         "https://127.0.0.1:1", "--platform-ca", str(tmp_path / "ca.crt"), "--mqtt", "127.0.0.1:1",
+         "--window-minutes", minutes, "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "choose 3 to 15" in json.loads(result.stdout)["error"]
+    assert not (tmp_path / "s").exists()
