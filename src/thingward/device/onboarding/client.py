@@ -90,13 +90,16 @@ class ProvisioningClient:
             raise ProvisioningError("not connected")
         try:
             return await read_frame(self._reader, timeout or self._frame_timeout)
-        except FrameError as e:
+        except (FrameError, OSError) as e:
             raise ProvisioningError(f"the device broke off the exchange: {e}") from e
 
     async def _write(self, payload: bytes) -> None:
         if self._writer is None:
             raise ProvisioningError("not connected")
-        await write_frame(self._writer, payload, self._frame_timeout)
+        try:
+            await write_frame(self._writer, payload, self._frame_timeout)
+        except (FrameError, OSError) as e:
+            raise ProvisioningError(f"the device broke off the exchange: {e}") from e
 
     async def _handshake(self) -> None:
         info = await self._read()

@@ -150,12 +150,16 @@ class ProvisioningService:
     async def close_listener(self) -> None:
         """Stop listening and end every open connection (connect refused from now on)."""
         server, self._server = self._server, None
+        current = asyncio.current_task()
         if server is not None:
-            server.close()
-            await server.wait_closed()
+            server.close()  # the listening socket is closed here, at once
         for task in list(self._connections):
-            if task is not asyncio.current_task():
+            if task is not current:
                 task.cancel()
+        if server is not None and current not in self._connections:
+            # From 3.12 on this waits for the connections too: never from inside one of them.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
         if self._expiry is not None and self._expiry is not asyncio.current_task():
             self._expiry.cancel()
         self.closed.set()
