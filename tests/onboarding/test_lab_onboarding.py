@@ -137,6 +137,12 @@ def test_camera_onboarded_end_to_end_and_nothing_secret_in_clear(world: World) -
     assert world.api_token_file.read_text().strip().encode() not in captured
     lab.stop(agent)
 
+    # restarted (a power cut): it joins the stored Wi-Fi and reconnects; the window stays shut while online
+    again = lab.start_agent(label_file, lab.workdir / "cam-e2e-state", world.data_dir, world.home_ap, "agent-e2e-2")
+    assert wait_event(again, "online")["thing"] == "cam-e2e"
+    assert connect_refused(lab, lab.app, DEVICE_AP_ADDRESS, PROVISIONING_PORT)
+    lab.stop(again)
+
 
 def test_wrong_label_five_times_locks_the_camera_and_its_port_closes(world: World) -> None:
     lab = world.lab

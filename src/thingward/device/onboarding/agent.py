@@ -156,6 +156,10 @@ class OnboardingAgent:
                 logger.warning("stored Wi-Fi did not join: %s", e)
         if not self.service.online:
             await self._open_window()
+        elif (self.config.state_dir / IDENTITY_DIR / CERT_FILE).exists():
+            self.status.thing = self.config.label.device_id
+            self._set_state("provisioned")
+            await asyncio.to_thread(self._connect)
         try:
             while not stop.is_set():
                 waiters = {asyncio.ensure_future(e.wait()) for e in (stop, button, self.service.applied,
