@@ -19,11 +19,12 @@ class FrameError(ThingwardError):
 
 async def read_frame(reader: asyncio.StreamReader, timeout: float) -> bytes:
     try:
-        header = await asyncio.wait_for(reader.readexactly(_LENGTH.size), timeout)
-        (length,) = _LENGTH.unpack(header)
-        if length > MAX_FRAME:
-            raise FrameError(f"a frame of {length} bytes is over the {MAX_FRAME} byte limit")
-        return await asyncio.wait_for(reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):  # no extra task: a cancel never orphans an exception
+            header = await reader.readexactly(_LENGTH.size)
+            (length,) = _LENGTH.unpack(header)
+            if length > MAX_FRAME:
+                raise FrameError(f"a frame of {length} bytes is over the {MAX_FRAME} byte limit")
+            return await reader.readexactly(length)
     except TimeoutError as e:
         raise FrameError(f"no complete frame within {timeout:g} s") from e
     except asyncio.IncompleteReadError as e:
@@ -39,7 +40,8 @@ def encode_frame(payload: bytes) -> bytes:
 async def write_frame(writer: asyncio.StreamWriter, payload: bytes, timeout: float) -> None:
     writer.write(encode_frame(payload))
     try:
-        await asyncio.wait_for(writer.drain(), timeout)
+        async with asyncio.timeout(timeout):
+            await writer.drain()
     except TimeoutError as e:
         raise FrameError(f"the peer did not take a frame within {timeout:g} s") from e
 

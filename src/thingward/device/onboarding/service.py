@@ -170,7 +170,8 @@ class ProvisioningService:
             self._connections.add(task)
         peer = writer.get_extra_info("peername")
         try:
-            await asyncio.wait_for(self._converse(reader, writer), self._connection_timeout)
+            async with asyncio.timeout(self._connection_timeout):
+                await self._converse(reader, writer)
         except (FrameError, HandshakeError, SessionError) as e:
             logger.info("provisioning connection from %s ended: %s", peer, e)
         except TimeoutError:
@@ -196,7 +197,8 @@ class ProvisioningService:
             return
         async with self._busy:
             try:
-                handshake, confirm = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    handshake, confirm = await self._handshake(reader, writer)
             except TimeoutError:
                 raise FrameError(f"the handshake took over {HANDSHAKE_TIMEOUT:g} s") from None
             try:
