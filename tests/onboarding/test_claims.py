@@ -221,3 +221,27 @@ def test_onboard_cli_says_what_failed(claim_api: ClaimApi, tmp_path: Path) -> No
         assert status == 1 and "HTTP 401" in str(bad_token["error"])
         status, no_device = _onboard_cli(claim_api, tmp_path, token, port)
     assert status == 1 and "cannot reach the device's provisioning service" in str(no_device["error"])
+
+
+def test_two_devices_racing_with_one_claim_only_one_wins(claim_api: ClaimApi) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, token = _person(claim_api, "alice@example.com")
+    claim = str(_claim(claim_api, token, None)["token"])
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(lambda i: _enroll(claim_api, claim, f"cam-race{i}").status_code, range(4)))
+    assert codes == [201, 403, 403, 403]
+    with claim_api.platform.db.read() as session:
+        alice = session.execute(select(User).where(User.email == "alice@example.com")).scalar_one()
+        assert len(visible_things(session, alice)) == 1
+
+
+def test_open_claims_per_person_are_bounded(claim_api: ClaimApi) -> None:
+    from thingward.onboarding.claims import MAX_OPEN_CLAIMS
+
+    _, token = _person(claim_api, "alice@example.com")
+    for _ in range(MAX_OPEN_CLAIMS):
+        _claim(claim_api, token, None)
+    with claim_api.client(token) as client:
+        refused = client.post("/api/v1/claims", json={})
+    assert refused.status_code == 409 and "unused claim tokens" in refused.json()["error"]

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from thingward.accounts.sharing import add_member, add_user_group, groups_of, share_thing
@@ -32,6 +32,7 @@ from thingward.registry.models import ClaimToken, DeviceReport, Thing, User, Use
 CLAIM_PREFIX = "twc_"
 REFUSED = "claim refused: the claim token is unknown, already used, expired, or not for this device"
 HOUSEHOLD_PREFIX = "household-"
+MAX_OPEN_CLAIMS = 10  # unused, unexpired claims one person may hold at once
 _INTERNAL_TOKEN_TTL = dt.timedelta(minutes=1)  # the enrollment token made and spent in the same transaction
 
 Clock = Callable[[], dt.datetime]
@@ -115,6 +116,16 @@ class Claims:
             user = session.get(User, user_id)
             if user is None or user.disabled:
                 raise NotFoundError("no such user")
+            open_claims = session.execute(
+                select(func.count(ClaimToken.id)).where(
+                    ClaimToken.user_id == user.id, ClaimToken.used_at.is_(None), ClaimToken.expires_at > now
+                )
+            ).scalar_one()
+            if open_claims >= MAX_OPEN_CLAIMS:
+                raise ConflictError(
+                    f"you hold {open_claims} unused claim tokens already: finish those setups or wait "
+                    f"{self.ttl.seconds // 60} minutes for them to expire"
+                )
             row = ClaimToken(user_id=user.id, token_sha256=claim_digest(token), device_id=device_id,
                              created_at=now, expires_at=now + self.ttl)  # fmt: skip
             session.add(row)
