@@ -109,6 +109,11 @@ def test_camera_onboarded_end_to_end_and_nothing_secret_in_clear(world: World) -
     # before onboarding the camera cannot reach the platform: its uplink has no address
     assert lab.run(lab.cam, ["ip", "-4", "addr", "show", "dev", "wlan0"], timeout=10).stdout.count("inet ") == 0
 
+    # a typo in the Wi-Fi passphrase comes back from the camera, and the window stays open for the retry
+    typo = lab.workdir / "wifi-typo"
+    typo.write_text(PASSPHRASE.upper())
+    status, result = _onboard(world, code, "--wifi-passphrase-file", str(typo))
+    assert status == 1 and "refused by the access point" in str(result.get("error")), result
     status, result = _onboard(world, code)
     assert status == 0, result
     assert result["thing"] == "cam-e2e" and result["online"] is True and result["model"] == "cam-x"
@@ -131,7 +136,7 @@ def test_camera_onboarded_end_to_end_and_nothing_secret_in_clear(world: World) -
 
     captured = app_pcap.read_bytes() + cam_pcap.read_bytes()
     assert b"thingward-provisioning" in captured and b"cam-e2e" in captured, "the capture saw the exchange"
-    assert PASSPHRASE.encode() not in captured
+    assert PASSPHRASE.encode() not in captured and PASSPHRASE.upper().encode() not in captured
     assert b"twc_" not in captured  # every claim token starts with it
     assert code.split(":")[2].encode() not in captured  # the label's PoP
     assert world.api_token_file.read_text().strip().encode() not in captured
