@@ -106,3 +106,35 @@ def test_agent_refuses_a_window_outside_3_to_15_minutes(tmp_path: Path, minutes:
     assert result.returncode == 1
     assert "choose 3 to 15" in json.loads(result.stdout)["error"]
     assert not (tmp_path / "s").exists()
+
+
+def test_agent_needs_a_claim_when_new_and_refuses_one_when_enrolled(tmp_path: Path) -> None:
+    from thingward.device.onboarding.agent import IDENTITY_DIR
+    from thingward.device.onboarding.client import ProvisioningClient, ProvisioningError
+
+    async def body() -> list[str]:
+        label = new_label("cam-c")
+        config = AgentConfig(label=label, model="cam-x", ap_host="127.0.0.1", state_dir=tmp_path,
+                             platform_url="https://127.0.0.1:1", platform_ca=tmp_path / "ca.crt",
+                             mqtt_host="127.0.0.1", ap_port=0)  # fmt: skip
+        access_point = SimulatedAccessPoint("home", "right passphrase", "nonexistent0", "10.232.9.2/24")
+        agent = OnboardingAgent(config, SimulatedWifiBackend(access_point))
+        await agent.service.open()
+        errors = []
+        async with ProvisioningClient(label, "127.0.0.1", agent.service.port) as app:
+            await app.set_wifi("home", "right passphrase")
+            with pytest.raises(ProvisioningError) as new_without_claim:
+                await app.apply()
+            errors.append(str(new_without_claim.value))
+            (tmp_path / IDENTITY_DIR).mkdir()
+            (tmp_path / IDENTITY_DIR / "device.crt").write_text("enrolled")
+            await app.set_claim("twc_someone-elses")
+            with pytest.raises(ProvisioningError) as enrolled_with_claim:
+                await app.apply()
+            errors.append(str(enrolled_with_claim.value))
+        await agent.service.close_listener()
+        return errors
+
+    new_without_claim, enrolled_with_claim = asyncio.run(body())
+    assert "needs the claim token" in new_without_claim
+    assert "keeps its owner" in enrolled_with_claim

@@ -135,8 +135,20 @@ class OnboardingAgent:
     def wifi_file(self) -> Path:
         return self.config.state_dir / WIFI_FILE
 
+    @property
+    def enrolled(self) -> bool:
+        return (self.config.state_dir / IDENTITY_DIR / CERT_FILE).exists()
+
     async def _apply(self, request: ProvisioningRequest) -> None:
-        """Called inside the session: join first, so a wrong passphrase is reported to the app."""
+        """Called inside the session: join first, so a wrong passphrase is reported to the app. A new device
+        needs a claim; an enrolled one (its button pressed to change the Wi-Fi) keeps its owner."""
+        if not self.enrolled and not request.claim_token:
+            raise ThingwardError("apply needs the claim token first (set_claim): the device has no owner yet")
+        if self.enrolled and request.claim_token:
+            raise ThingwardError(
+                "this device is enrolled and keeps its owner: send only the new Wi-Fi, or have an operator "
+                "release it before claiming it again"
+            )
         await asyncio.to_thread(self.wifi.join, request.ssid, request.passphrase)
         write_secret(self.wifi_file, json.dumps({"ssid": request.ssid, "passphrase": request.passphrase}).encode())
         self._claim_token = request.claim_token
@@ -156,7 +168,7 @@ class OnboardingAgent:
                 logger.warning("stored Wi-Fi did not join: %s", e)
         if not self.service.online:
             await self._open_window()
-        elif (self.config.state_dir / IDENTITY_DIR / CERT_FILE).exists():
+        elif self.enrolled:
             self.status.thing = self.config.label.device_id
             self._set_state("provisioned")
             await asyncio.to_thread(self._connect)
@@ -194,6 +206,9 @@ class OnboardingAgent:
 
     async def _after_apply(self) -> None:
         self._set_state("provisioned")
+        if not self._claim_token:  # an enrolled device on a new Wi-Fi: reconnect as itself
+            await asyncio.to_thread(self._connect)
+            return
         try:
             name = await asyncio.to_thread(enroll_with_claim, self.config, self._claim_token)
         except ThingwardError as e:
@@ -208,6 +223,9 @@ class OnboardingAgent:
         await asyncio.to_thread(self._connect)
 
     def _connect(self) -> None:
+        if self.device is not None:
+            self.device.close()
+            self.device = None
         identity = self.config.state_dir / IDENTITY_DIR
         device = Device.from_dir(identity, self.config.label.device_id, host=self.config.mqtt_host,
                                  port=self.config.mqtt_port)  # fmt: skip

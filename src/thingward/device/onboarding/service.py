@@ -75,16 +75,17 @@ class ProvisioningRequest:
     claim_token: str = field(default="", repr=False)
 
     @property
-    def complete(self) -> bool:
-        return bool(self.ssid and self.passphrase and self.claim_token)
+    def has_wifi(self) -> bool:
+        return bool(self.ssid and self.passphrase)
 
 
 ApplyHandler = Callable[[ProvisioningRequest], Awaitable[None]]
 
 
 class ProvisioningService:
-    """Listens on `host:port` exactly while the window is open. `on_apply` joins the network (raising
-    WifiJoinError if it cannot); once it returns, the window is done and the listener closed."""
+    """Listens on `host:port` exactly while the window is open. `on_apply` checks the request and joins
+    the network (raising a ThingwardError that the app is told if it cannot); once it returns, the window
+    is done and the listener closed."""
 
     def __init__(
         self,
@@ -260,8 +261,8 @@ class ProvisioningService:
                 request.claim_token = token
                 return {"ok": True}, False
             if name == "apply":
-                if not request.complete:
-                    raise ThingwardError("apply needs the Wi-Fi credentials and the claim token first")
+                if not request.has_wifi:
+                    raise ThingwardError("apply needs the Wi-Fi credentials first (set_wifi)")
                 await self._on_apply(request)
                 return {"ok": True, "state": "joined"}, True
         except ThingwardError as e:
