@@ -199,6 +199,18 @@ class HooksSettings:
 
 
 @dataclass(frozen=True)
+class OnboardingSettings:
+    # How long a claim token the app gets for a new device stays valid (single use either way).
+    claim_ttl_seconds: int = 300
+    # The thing group every claimed device joins (the product's default policies hang off it).
+    default_thing_group: str = "default"
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.claim_ttl_seconds <= 3600:
+            raise ConfigError(f"[onboarding] claim_ttl_seconds is {self.claim_ttl_seconds}: use 60 to 3600")
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -210,6 +222,7 @@ class Settings:
     accounts: AccountsSettings = field(default_factory=AccountsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
+    onboarding: OnboardingSettings = field(default_factory=OnboardingSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -240,6 +253,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "accounts": AccountsSettings,
     "smtp": SmtpSettings,
     "hooks": HooksSettings,
+    "onboarding": OnboardingSettings,
 }
 
 
@@ -397,4 +411,8 @@ cache_ttl_seconds = 30
 max_staleness_seconds = 30
 rabbitmq_vhost = "/"
 rabbitmq_exchange = "amq.topic"
+
+[onboarding]
+claim_ttl_seconds = 300           # a claim token for a new device: single use, valid this long
+default_thing_group = "default"   # every claimed device joins this thing group
 """

@@ -17,6 +17,7 @@ from thingward import __version__
 from thingward.accounts.service import Accounts
 from thingward.app.broker_hooks import hooks_router
 from thingward.app.metrics import Metrics
+from thingward.app.onboarding_api import onboarding_router
 from thingward.app.throttle import FailureThrottle
 from thingward.broker.decisions import HookDecisions
 from thingward.errors import (
@@ -191,6 +192,7 @@ def create_app(
                 rabbitmq_exchange=hooks.rabbitmq_exchange,
             )
         )
+    app.include_router(onboarding_router(platform, after_enroll))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from thingward import __version__
-from thingward.cli import audit, device, group, model, ota, policy, scan, user
+from thingward.cli import audit, device, group, model, onboard, ota, policy, scan, user
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.config import BROKERS
 from thingward.errors import ConfigError
@@ -34,6 +34,9 @@ app.add_typer(model.app, name="model")
 app.add_typer(ota.app, name="ota")
 app.add_typer(user.app, name="user")
 app.command("scan")(scan.scan)
+app.command("onboard")(onboard.onboard)
+device.app.command("label")(onboard.label_command)
+device.app.command("onboard-agent")(onboard.onboard_agent)
 
 
 def _version(value: bool) -> None:

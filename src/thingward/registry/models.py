@@ -461,3 +461,21 @@ class RolloutJob(Base):
         Index("ix_rollout_jobs_thing", "thing_id"),
         Index("ix_rollout_jobs_notify", "notify"),
     )
+
+
+# --- onboarding: claim tokens that bind a new device to the person setting it up (migration 0008) ---
+
+
+class ClaimToken(Base):
+    """A single-use token the app passes to a device inside the provisioning session; the device
+    enrolls with it and becomes the person's. Stored as a SHA-256 digest, valid for minutes."""
+
+    __tablename__ = "claim_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the label's id, when the app knew it
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    thing_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the thing it enrolled

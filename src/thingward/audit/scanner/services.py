@@ -3,6 +3,7 @@ CONNECT, HTTP GET, RTSP OPTIONS, a TLS handshake), at most a handful of connecti
 
 from __future__ import annotations
 
+import json
 import ssl
 from dataclasses import dataclass
 
@@ -129,7 +130,33 @@ async def identify(host: str, port: int, timeout: float, banner_wait: float) -> 
     return found or Identified("unknown")
 
 
+PROVISIONING_SERVICE = "thingward-provisioning"
+
+
+def _provisioning(greeting: bytes) -> Identified | None:
+    """A device's open onboarding window: its provisioning service sends a length-prefixed JSON info frame
+    (model, id, protocol versions) to whoever connects. Only that frame is read; nothing is tried."""
+    if len(greeting) < 6 or greeting[4:5] != b"{":
+        return None
+    length = int.from_bytes(greeting[:4], "big")
+    try:
+        info = json.loads(greeting[4 : 4 + length])
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("protocol") != PROVISIONING_SERVICE:
+        return None
+    model, device, versions = (printable(str(info.get(k, "?")).encode()) for k in ("model", "device_id", "versions"))
+    return Identified(
+        PROVISIONING_SERVICE,
+        f"device {device}, model {model}, protocol versions {versions}",
+        notes=("an onboarding window is open: it should close within minutes of power-on or a button press",),
+    )
+
+
 def _from_banner(greeting: bytes) -> Identified:
+    provisioning = _provisioning(greeting)
+    if provisioning is not None:
+        return provisioning
     if greeting.startswith(b"SSH-"):
         return Identified("ssh", printable(greeting.split(b"\n", 1)[0]))
     text, _ = telnet_strip(greeting)

@@ -33,11 +33,11 @@ LOCAL_NETWORKS = tuple(
 )
 
 # Ports that IoT devices and their hubs commonly expose (telnet, ssh, web, rtsp, mqtt, upnp, vendor
-# consoles), used by `--ports top`.
+# consoles, thingward's onboarding window), used by `--ports top`.
 _TOP_PORTS = """
 21 22 23 25 53 80 81 82 88 110 111 135 139 143 161 443 445 554 587 631
 993 995 1080 1723 1883 1900 2000 2323 3000 3306 3389 4567 5000 5001 5060 5222 5353 5357 5432 5555
-5683 5800 5900 6000 6379 6668 7547 8000 8001 8008 8009 8080 8081 8083 8086 8088 8123 8443 8554 8883
+5683 5733 5800 5900 6000 6379 6668 7547 8000 8001 8008 8009 8080 8081 8083 8086 8088 8123 8443 8554 8883
 8884 8888 9000 9001 9100 9443 9999 10000 10554 32400 37777 49152 49153 50000 55443 62078
 """
 TOP_PORTS: tuple[int, ...] = tuple(sorted({int(port) for port in _TOP_PORTS.split()}))
