@@ -4,7 +4,6 @@ settings (password, 2FA, email), sessions and API tokens. Every page calls the a
 from __future__ import annotations
 
 import contextlib
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
