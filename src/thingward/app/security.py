@@ -43,7 +43,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
@@ -91,16 +91,15 @@ def _cookie(headers: dict[str, str], name: str) -> str:
 
 
 def cross_origin_reason(headers: dict[str, str]) -> str | None:
-    """Why a state-changing request is not from this site, or None. Browsers send `Sec-Fetch-Site` and
-    `Origin` on such requests; a script that sends neither is judged by its credentials alone."""
+    """Why a state-changing request is not from this site, or None. A browser's `Sec-Fetch-Site` decides
+    (no page script can set it); without it, `Origin` must be this site when present. A script that sends
+    neither is judged by its credentials alone (and by the CSRF token when it sends the session cookie)."""
     site = headers.get("sec-fetch-site")
-    if site is not None and site not in {"same-origin", "none"}:
-        return f"a {site} request may not change anything here"
+    if site is not None:
+        return None if site in {"same-origin", "none"} else f"a {site} request may not change anything here"
     origin = headers.get("origin")
-    if origin is not None:
-        expected = "https://" + headers.get("host", "")
-        if origin != expected:
-            return "the request's Origin is not this site"
+    if origin is not None and origin != "https://" + headers.get("host", ""):
+        return "the request's Origin is not this site"
     return None
 
 
