@@ -115,8 +115,7 @@ def login_form(request: Request, page: MaybeSignedIn, signed_up: str = "", reset
 
 def _signed_in(request: Request, result: LoginResult) -> Response:
     response = redirect(SETUP_PATH if result.requirements else "/")
-    assert result.session_token is not None
-    set_session_cookie(response, result.session_token)
+    set_session_cookie(response, result.session_token or "")
     if result.browser_token:
         set_browser_cookie(response, result.browser_token)
     clear_cookie(response, PENDING_COOKIE)
