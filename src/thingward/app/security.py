@@ -132,11 +132,18 @@ class CsrfGuard:
                 return
             presented = dict(parse_qsl(body.decode("utf-8", "replace"))).get(CSRF_FIELD)
             replay = _replayer(body, receive)
-        accounts = self._accounts()
-        if not await run_in_threadpool(accounts.check_csrf, session_token, presented):
+        if not await run_in_threadpool(self._allowed, session_token, presented):
             await _refuse(send, "the CSRF token is missing or wrong: reload the page and try again")
             return
         await self.app(scope, replay, send)
+
+    def _allowed(self, session_token: str, presented: str | None) -> bool:
+        accounts = self._accounts()
+        if accounts.check_csrf(session_token, presented):
+            return True
+        # A cookie of a session that ended (signed out elsewhere, expired) authenticates nothing, so there is
+        # nothing to forge: let the request through as anonymous (signing in again must work).
+        return accounts.authenticate_session(session_token) is None
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
