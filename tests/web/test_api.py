@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 
 import httpx
@@ -12,7 +14,8 @@ from lab.served import wait_for
 from thingward.accounts import sharing
 from thingward.accounts.service import user_by_email
 from thingward.platform import cli_actor
-from thingward.registry.things import add_thing
+from thingward.registry.device_state import parse_state_report, store_report
+from thingward.registry.things import add_thing, get_thing
 from web.conftest import WebApp, csrf_of
 
 NEW_PASSWORD = "marmalade lighthouse quarry"
@@ -219,3 +222,43 @@ def test_live_password_feedback_says_why(web: WebApp) -> None:
         strong = client.post("/api/v1/password/check", json={"password": NEW_PASSWORD})
         assert strong.json() == {"ok": True, "problems": [], "rules": strong.json()["rules"]}
         assert any(re.search(r"12", rule) for rule in strong.json()["rules"])
+
+
+def test_devices_show_the_latest_reported_state(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    _share(web, "alice-cam", "smiths", "alice@example.com")
+    report = {"firmware": {"model": "cam-x", "version": "1.2.0"}, "ports": {"tcp": [443], "udp": [5353]}}
+    with web.platform.db.session() as session:
+        thing = get_thing(session, "alice-cam")
+        store_report(session, thing.id, parse_state_report(json.dumps(report).encode()), dt.datetime.now(dt.UTC))
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        state = alice.get("/api/v1/devices/alice-cam").json()["state"]
+        assert state["firmware_version"] == "1.2.0" and state["tcp_ports"] == [443] and state["model"] == "cam-x"
+        page = alice.get("/devices/alice-cam").text
+        assert "1.2.0" in page and "443" in page
+
+
+def test_api_tokens_page_shows_a_token_once_and_revokes_it(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        csrf = csrf_of(alice.get("/account/tokens").text)
+        made = alice.post(
+            "/account/tokens",
+            data={"csrf_token": csrf, "name": "backup script", "scope": ["things:read", "account:read"], "days": "30"},
+        )
+        assert made.status_code == 201
+        token = re.search(r'id="new-token">(twk_[^<]+)<', made.text)
+        assert token, made.text
+        listed = alice.get("/account/tokens").text
+        assert "backup script" in listed and token.group(1) not in listed  # shown once only
+        no_scope = alice.post("/account/tokens", data={"csrf_token": csrf, "name": "nothing", "days": "30"})
+        assert no_scope.status_code == 400 and "scope" in no_scope.text
+        bearer = {"Authorization": f"Bearer {token.group(1)}"}
+        with web.client() as script:
+            assert script.get("/api/v1/account", headers=bearer).json()["email"] == "alice@example.com"
+            token_id = re.search(r'action="/account/tokens/(\d+)/revoke"', listed)
+            assert token_id
+            alice.post(f"/account/tokens/{token_id.group(1)}/revoke", data={"csrf_token": csrf})
+            assert script.get("/api/v1/account", headers=bearer).status_code == 401
