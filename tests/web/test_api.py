@@ -262,3 +262,13 @@ def test_api_tokens_page_shows_a_token_once_and_revokes_it(web: WebApp) -> None:
             assert token_id
             alice.post(f"/account/tokens/{token_id.group(1)}/revoke", data={"csrf_token": csrf})
             assert script.get("/api/v1/account", headers=bearer).status_code == 401
+
+
+def test_a_refused_form_post_shows_a_page_to_the_person(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        refused = alice.post("/logout", data={"csrf_token": "stale"}, headers={"Accept": "text/html"})
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "reload the page" in refused.text and "<script" not in refused.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from html import escape
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
@@ -115,9 +116,10 @@ class CsrfGuard:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
+        html = "text/html" in headers.get("accept", "")
         reason = cross_origin_reason(headers)
         if reason is not None:
-            await _refuse(send, reason)
+            await _refuse(send, reason, html=html)
             return
         session_token = _cookie(headers, SESSION_COOKIE)
         if not session_token:
@@ -128,12 +130,12 @@ class CsrfGuard:
         if presented is None and headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             body, complete = await _read_body(receive, MAX_FORM_BYTES)
             if not complete:
-                await _refuse(send, f"a form body over {MAX_FORM_BYTES} bytes is not accepted", status=413)
+                await _refuse(send, f"a form body over {MAX_FORM_BYTES} bytes is not accepted", 413, html)
                 return
             presented = dict(parse_qsl(body.decode("utf-8", "replace"))).get(CSRF_FIELD)
             replay = _replayer(body, receive)
         if not await run_in_threadpool(self._allowed, session_token, presented):
-            await _refuse(send, "the CSRF token is missing or wrong: reload the page and try again")
+            await _refuse(send, "the CSRF token is missing or wrong: reload the page and try again", html=html)
             return
         await self.app(scope, replay, send)
 
@@ -176,13 +178,22 @@ def _replayer(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(send: Send, reason: str, status: int = 403) -> None:
-    body = json.dumps({"error": reason}).encode()
+_REFUSAL_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Refused</title>
+<link rel="stylesheet" href="/static/app.css"></head><body><main><section class="card narrow"><h1>Refused</h1>
+<p>{reason}.</p><p><a href="/">Back to the app</a></p></section></main></body></html>"""
+
+
+async def _refuse(send: Send, reason: str, status: int = 403, html: bool = False) -> None:
+    """The refusal as JSON, or as a small page for a browser's form post (which shows it to a person)."""
+    if html:
+        body, kind = _REFUSAL_PAGE.format(reason=escape(reason)).encode(), b"text/html; charset=utf-8"
+    else:
+        body, kind = json.dumps({"error": reason}).encode(), b"application/json"
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})
