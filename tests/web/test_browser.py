@@ -4,6 +4,8 @@ with a real SMTP server: sign-up, 2FA, sign-in codes, lockout, sessions. Saves R
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import os
 import re
 import time
@@ -21,7 +23,8 @@ from thingward.accounts import sharing
 from thingward.accounts.mail import NoMailer
 from thingward.accounts.service import Accounts, user_by_email
 from thingward.platform import Platform, cli_actor, init_data_dir
-from thingward.registry.things import add_thing
+from thingward.registry.device_state import parse_state_report, store_report
+from thingward.registry.things import add_thing, get_thing
 
 if TYPE_CHECKING := False:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -252,12 +255,40 @@ def test_devices_page_shows_only_the_households_devices(site: Site, browser: Bro
             sharing.add_member(session, cli_actor(), "graces", user_by_email(session, email))
             sharing.share_thing(session, cli_actor(), "front-door-cam", "graces", "owner")
             sharing.share_thing(session, cli_actor(), "garden-cam", "graces", "viewer")
+            for name, version, tcp in (("front-door-cam", "1.2.0", [443]), ("garden-cam", "1.0.3", [23, 443])):
+                report = {"firmware": {"model": "cam-x", "version": version}, "ports": {"tcp": tcp, "udp": [5353]}}
+                thing = get_thing(session, name)
+                store_report(
+                    session, thing.id, parse_state_report(json.dumps(report).encode()), dt.datetime.now(dt.UTC)
+                )
     finally:
         platform.close()
     _sign_in_with_mailed_code(page, site, email)
     text = page.locator("main").inner_text()
     assert "front-door-cam" in text and "garden-cam" in text and "neighbours-cam" not in text
+    assert "1.0.3" in text and "23, 443" in text
     screenshot(page, "devices.png")
     page.goto(f"{site.url}/devices/neighbours-cam")
     assert "Not found" in page.content()
+    context.close()
+
+
+def test_admin_explains_a_policy_decision(site: Site, browser: Browser) -> None:
+    accounts = site.accounts()
+    info, _ = accounts.create_user(cli_actor(), "ops@example.com", STRONG, admin=True)
+    enrolment = accounts.begin_totp(info.id)
+    accounts.confirm_totp(info.id, pyotp.TOTP(enrolment.secret).now())
+    context = _context(browser)
+    page = context.new_page()
+    _password_step(page, site, "ops@example.com")
+    _code_step(page, pyotp.TOTP(enrolment.secret).at(time.time() + 30))  # the enrolment spent this step's code
+    page.wait_for_url(re.compile(r"/devices$"))
+    page.goto(f"{site.url}/admin/policies")
+    page.fill("input[name=thing]", "front-door-cam")
+    page.select_option("select[name=action]", "subscribe")
+    page.fill("input[name=topic]", "things/garden-cam/#")
+    page.click("main button:has-text('Explain')")
+    page.locator("#decision").wait_for()
+    assert "DENY" in page.locator("#decision").inner_text()
+    screenshot(page, "admin-explain.png")
     context.close()
