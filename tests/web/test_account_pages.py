@@ -1,0 +1,63 @@
+"""The account page's sensitive forms over real HTTPS: each needs the password and a current code."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pyotp
+
+from lab.accounts import PASSWORD
+from web.conftest import WebApp, csrf_of
+
+
+def test_2fa_settings_and_email_change_need_the_password_and_a_code(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        enrol = alice.post("/account/2fa/begin", data={"csrf_token": csrf_of(alice.get("/account").text)})
+        secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', enrol.text)
+        assert secret and "<svg" in enrol.text
+        totp = pyotp.TOTP(secret.group(1))
+        codes_page = alice.post("/account/2fa/confirm", data={"csrf_token": csrf_of(enrol.text), "code": totp.now()})
+        assert len(re.findall(r"<li><code>", codes_page.text)) == 10
+        csrf = csrf_of(codes_page.text)  # the session got a new id, and so a new CSRF token
+
+        wrong = alice.post(
+            "/account/2fa/recovery-codes", data={"csrf_token": csrf, "password": PASSWORD, "code": "000000"}
+        )
+        assert wrong.status_code == 400 and "wrong" in wrong.text
+        renewed = alice.post(
+            "/account/2fa/recovery-codes",
+            data={"csrf_token": csrf, "password": PASSWORD, "code": totp.at(time.time() + 30)},
+        )
+        assert renewed.status_code == 200 and len(re.findall(r"<li><code>", renewed.text)) == 10
+
+        no_code = alice.post(
+            "/account/email", data={"csrf_token": csrf, "password": PASSWORD, "new_email": "alice2@example.com"}
+        )
+        assert no_code.status_code == 400
+        assert web.accounts.get_user("alice@example.com").email == "alice@example.com"
+
+        off_wrong = alice.post("/account/2fa/disable", data={"csrf_token": csrf, "password": "nope", "code": "1"})
+        assert off_wrong.status_code == 400
+        assert web.accounts.get_user("alice@example.com").totp_enabled
+        recovery = re.findall(r"<li><code>([^<]+)</code>", renewed.text)[0]
+        off = alice.post(
+            "/account/2fa/disable",
+            data={"csrf_token": csrf, "password": PASSWORD, "code": recovery},
+            follow_redirects=False,
+        )
+        assert off.status_code == 303
+        assert not web.accounts.get_user("alice@example.com").totp_enabled
+        moved = alice.post(
+            "/account/email",
+            data={
+                "csrf_token": csrf_of(alice.get("/account").text),
+                "password": PASSWORD,
+                "new_email": "a2@example.com",
+            },
+            follow_redirects=False,
+        )
+        assert moved.status_code == 303
+        assert web.accounts.get_user("a2@example.com").id
