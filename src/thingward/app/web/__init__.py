@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thingward.app.security import CsrfGuard, SecurityHeaders
 from thingward.app.web import account_pages, admin_pages, device_pages
+from thingward.app.web.pending import PendingSignIns
 from thingward.app.web.render import PageNotFound, PageRedirect, redirect, render
 
 __all__ = ["install_web"]
@@ -26,6 +27,7 @@ def install_web(app: FastAPI) -> None:
     from thingward.app.accounts_api import router as accounts_router
     from thingward.app.devices_api import router as devices_router
 
+    app.state.pending_sign_ins = PendingSignIns()
     app.include_router(accounts_router)
     app.include_router(devices_router)
     app.include_router(account_pages.router)

@@ -41,7 +41,13 @@ from thingward.app.web.render import (
 from thingward.errors import ConflictError, InvalidInputError, NotFoundError, ThingwardError
 
 router = APIRouter(include_in_schema=False)
-pending_sign_ins = PendingSignIns()
+
+
+def _pending(request: Request) -> PendingSignIns:
+    """This app's sign-ins waiting for their second step (`install_web` puts one on the app)."""
+    pending: PendingSignIns = request.app.state.pending_sign_ins
+    return pending
+
 
 Form = Annotated[dict[str, str], Depends(form_of)]
 SignedIn = Annotated[Page, Depends(signed_in)]
@@ -142,7 +148,7 @@ def login(request: Request, form: Form) -> Response:
         return _signed_in(request, result)
     if result.outcome in {LoginOutcome.NEED_SECOND_FACTOR, LoginOutcome.NEED_EMAIL_CODE}:
         kind = "totp" if result.outcome == LoginOutcome.NEED_SECOND_FACTOR else "email"
-        key = pending_sign_ins.add(email, password, kind)
+        key = _pending(request).add(email, password, kind)
         response = redirect("/login/verify")
         response.set_cookie(PENDING_COOKIE, key, max_age=600, httponly=True, secure=True, samesite="lax", path="/")
         return response
@@ -152,7 +158,7 @@ def login(request: Request, form: Form) -> Response:
 
 @router.get("/login/verify")
 def verify_form(request: Request) -> Response:
-    found = pending_sign_ins.peek(request.cookies.get(PENDING_COOKIE, ""))
+    found = _pending(request).peek(request.cookies.get(PENDING_COOKIE, ""))
     if found is None:
         return redirect("/login")
     return render(request, "verify.j2", kind=found.kind)
@@ -161,7 +167,7 @@ def verify_form(request: Request) -> Response:
 @router.post("/login/verify")
 def verify(request: Request, form: Form) -> Response:
     key = request.cookies.get(PENDING_COOKIE, "")
-    found = pending_sign_ins.take_try(key)
+    found = _pending(request).take_try(key)
     if found is None:
         response = render(request, "login.j2", status=401, error="the sign-in expired: start again", email="")
         clear_cookie(response, PENDING_COOKIE)
@@ -176,10 +182,10 @@ def verify(request: Request, form: Form) -> Response:
         browser_token=request.cookies.get(BROWSER_COOKIE) or None,
     )
     if result.outcome == LoginOutcome.OK:
-        pending_sign_ins.drop(key)
+        _pending(request).drop(key)
         return _signed_in(request, result)
     if result.outcome == LoginOutcome.LOCKED or (result.outcome == LoginOutcome.REFUSED and result.retry_after):
-        pending_sign_ins.drop(key)
+        _pending(request).drop(key)
         response = render(request, "login.j2", status=401, error=result.message, email=found.email)
         clear_cookie(response, PENDING_COOKIE)
         return response
