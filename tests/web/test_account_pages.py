@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
 import pyotp
 
 from lab.accounts import PASSWORD
+from thingward.platform import cli_actor
 from web.conftest import WebApp, csrf_of
 
 
@@ -61,3 +63,23 @@ def test_2fa_settings_and_email_change_need_the_password_and_a_code(web: WebApp)
         )
         assert moved.status_code == 303
         assert web.accounts.get_user("a2@example.com").id
+
+
+def test_invite_only_sign_up_needs_the_invitation_for_that_address(web: WebApp) -> None:
+    web.accounts.settings = dataclasses.replace(web.accounts.settings, signup="invite")
+    token = web.accounts.invite(cli_actor(), "zoe@example.com")
+    strong = "velvet compass lantern harbour"
+    with web.client() as browser:
+        assert "by invitation" in browser.get("/signup").text
+        uninvited = browser.post("/signup", data={"email": "mallory@example.com", "password": strong})
+        assert uninvited.status_code == 400 and "invitation" in uninvited.text
+        stolen = browser.post("/signup", data={"email": "mallory@example.com", "password": strong, "invite": token})
+        assert stolen.status_code == 400  # an invitation is for one address
+        form = browser.get("/signup", params={"invite": token}).text
+        assert f'value="{token}"' in form
+        done = browser.post(
+            "/signup", data={"email": "zoe@example.com", "password": strong, "invite": token}, follow_redirects=False
+        )
+        assert done.headers["location"] == "/login?signed_up=1"
+        again = browser.post("/signup", data={"email": "zoe2@example.com", "password": strong, "invite": token})
+        assert again.status_code == 400
