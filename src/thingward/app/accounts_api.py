@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -238,9 +238,10 @@ def signup(body: SignUpRequest, request: Request) -> Account:
 
 
 @router.post("/auth/password-reset", status_code=202, response_model=Accepted, responses=_errors(400))
-def request_reset(body: ResetRequest, request: Request) -> Accepted:
-    """Mail a single-use reset link if the account exists: the same answer, in the same time, either way."""
-    accounts_of(request).request_password_reset(body.email, ip=client_ip(request))
+def request_reset(body: ResetRequest, request: Request, background: BackgroundTasks) -> Accepted:
+    """Mail a single-use reset link if the account exists: the same answer, in the same time, either way
+    (the request is handled after the answer was sent)."""
+    background.add_task(accounts_of(request).request_password_reset, body.email, ip=client_ip(request))
     return Accepted(message="if an account has this email, a reset link was mailed to it")
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from thingward.accounts.errors import (
@@ -210,9 +211,13 @@ def forgot_form(request: Request) -> Response:
 
 @router.post("/forgot")
 def forgot(request: Request, form: Form) -> Response:
-    # The same page whether or not the address has an account; the mail is made off this request.
-    accounts_of(request).request_password_reset(form.get("email", ""), ip=client_ip(request))
-    return render(request, "forgot.j2", sent=True)
+    # The same page, in the same time, whether or not the address has an account: the request is handled
+    # after the page was sent (and the look-up and the mail on the mailer's thread after that).
+    response = render(request, "forgot.j2", sent=True)
+    response.background = BackgroundTask(
+        accounts_of(request).request_password_reset, form.get("email", ""), ip=client_ip(request)
+    )
+    return response
 
 
 @router.get("/reset")
