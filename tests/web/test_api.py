@@ -272,3 +272,21 @@ def test_a_refused_form_post_shows_a_page_to_the_person(web: WebApp) -> None:
         assert refused.status_code == 403
         assert refused.headers["content-type"].startswith("text/html")
         assert "reload the page" in refused.text and "<script" not in refused.text
+
+
+def test_admin_api_needs_the_admin_scope_and_an_admin(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    root_id = web.add_user("root@example.com", admin=True)
+    reader = web.accounts.create_api_token(root_id, "reader", ["things:read"], 1).token
+    admin = web.accounts.create_api_token(root_id, "ops script", ["admin"], 1).token
+    with web.client() as script:
+        assert script.get("/api/v1/admin/users", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        users = script.get("/api/v1/admin/users", headers={"Authorization": f"Bearer {admin}"})
+        assert users.status_code == 200
+        assert {u["email"] for u in users.json()} == {"alice@example.com", "root@example.com"}
+        events = script.get("/api/v1/admin/audit", params={"limit": 5}, headers={"Authorization": f"Bearer {admin}"})
+        assert len(events.json()) == 5 and events.json()[0]["id"] > events.json()[-1]["id"]
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        assert alice.get("/api/v1/admin/users").status_code == 403
+        assert alice.get("/api/v1/admin/audit").status_code == 403

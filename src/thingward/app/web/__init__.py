@@ -25,11 +25,13 @@ def _wants_page(request: Request) -> bool:
 def install_web(app: FastAPI) -> None:
     """Add the pages, the static files, and the browser defences (headers, CSRF) to the API app."""
     from thingward.app.accounts_api import router as accounts_router
+    from thingward.app.admin_api import router as admin_router
     from thingward.app.devices_api import router as devices_router
 
     app.state.pending_sign_ins = PendingSignIns()
     app.include_router(accounts_router)
     app.include_router(devices_router)
+    app.include_router(admin_router)
     app.include_router(account_pages.router)
     app.include_router(device_pages.router)
     app.include_router(admin_pages.router)
