@@ -87,3 +87,15 @@ def test_a_mailed_reset_link_works_once_and_ends_the_sessions(web: WebApp) -> No
         assert old_browser.get("/api/v1/account").status_code == 401  # every session ended
         old = old_browser.post("/api/v1/auth/login", json={"email": "alice@example.com", "password": PASSWORD})
         assert old.status_code == 401
+
+
+def test_hostile_ids_and_topics_on_pages_are_refused_not_server_errors(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as admin:
+        csrf = _sign_in_admin(web, admin)
+        for path in ("/account/sessions/99999999999999999999999/end", "/account/tokens/-1/revoke"):
+            answer = admin.post(path, data={"csrf_token": csrf})
+            assert 400 <= answer.status_code < 500, (path, answer.status_code)
+        for topic in ("things/#/x", "a" * 600, "things/\x00"):
+            page = admin.get("/admin/policies", params={"thing": "x", "action": "publish", "topic": topic})
+            assert page.status_code == 200, topic

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -51,6 +51,7 @@ def _pending(request: Request) -> PendingSignIns:
 
 
 Form = Annotated[dict[str, str], Depends(form_of)]
+RowId = Annotated[int, Path(ge=1, le=2**62)]
 SignedIn = Annotated[Page, Depends(signed_in)]
 SignedInPending = Annotated[Page, Depends(signed_in_pending)]
 MaybeSignedIn = Annotated[Page | None, Depends(optional_page)]
@@ -367,7 +368,7 @@ def sessions(request: Request, page: SignedIn) -> Response:
 
 
 @router.post("/account/sessions/{session_id}/end")
-def end_session(request: Request, session_id: int, page: SignedIn) -> Response:
+def end_session(request: Request, session_id: RowId, page: SignedIn) -> Response:
     try:
         accounts_of(request).end_session(page.user_id, session_id)
     except NotFoundError:
@@ -423,7 +424,7 @@ async def create_token(request: Request, page: SignedIn) -> Response:
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(request: Request, token_id: int, page: SignedIn) -> Response:
+def revoke_token(request: Request, token_id: RowId, page: SignedIn) -> Response:
     # Someone else's token id is "not found" like a missing one: nothing to say either way.
     with contextlib.suppress(NotFoundError):
         accounts_of(request).revoke_api_token(page.user_id, token_id)

@@ -81,7 +81,10 @@ def policies_page(request: Request, page: Admin, thing: str = "", action: str = 
         if action not in ACTIONS:
             problem = f"choose an action: {', '.join(ACTIONS)}"
         else:
-            explained = PolicyEngine(world).explain(thing[:64], action, topic[:512]).to_dict()
+            try:
+                explained = PolicyEngine(world).explain(thing[:64], action, topic[:512]).to_dict()
+            except ThingwardError as e:
+                problem = str(e)
     return render(
         request,
         "admin/policies.j2",

@@ -64,6 +64,9 @@ class Page:
 def render(
     request: Request, template: str, status: int = 200, page: Page | None = None, **context: Any
 ) -> HTMLResponse:
+    if page is None and session_token(request):
+        # A public page seen by someone signed in: the header shows them, and scripts get the CSRF token.
+        page = optional_page(request)
     csrf = page.csrf if page is not None else ""
     html = _env.get_template(template).render(
         request=request,
