@@ -71,9 +71,17 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
+CSP_VIOLATIONS: list[str] = []
+
+
 def _context(browser: Browser) -> BrowserContext:
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1100, "height": 760})
     context.set_default_timeout(10_000)
+    # Anything our own pages do that the CSP blocks (an inline script or style, a foreign load) is a bug.
+    context.on(
+        "console",
+        lambda message: CSP_VIOLATIONS.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     return context
 
 
@@ -292,3 +300,23 @@ def test_admin_explains_a_policy_decision(site: Site, browser: Browser) -> None:
     assert "DENY" in page.locator("#decision").inner_text()
     screenshot(page, "admin-explain.png")
     context.close()
+
+
+def test_the_csp_blocks_a_script_injected_into_a_page(site: Site, browser: Browser) -> None:
+    context = _context(browser)
+    page = context.new_page()
+    page.goto(f"{site.url}/login")
+    before = len(CSP_VIOLATIONS)
+    page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.pwned = 1';"
+        " document.body.append(s); }"
+    )
+    assert wait_for(lambda: len(CSP_VIOLATIONS) > before, 5)
+    assert page.evaluate("() => window.pwned") is None
+    del CSP_VIOLATIONS[before:]  # the violation we caused on purpose
+    context.close()
+
+
+def test_no_page_broke_the_content_security_policy() -> None:
+    """Runs last in this module (pytest keeps file order): the pages the tests above opened."""
+    assert CSP_VIOLATIONS == []
