@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pyotp
+import pytest
 
 from lab.accounts import PASSWORD
 from lab.served import wait_for
@@ -30,6 +31,7 @@ def _sign_in_admin(web: WebApp, client: httpx.Client) -> str:
     return csrf_of(client.get("/admin").text)
 
 
+@pytest.mark.both_databases
 def test_admin_pages_explain_share_and_show_the_audit_log(web: WebApp) -> None:
     with web.platform.db.session() as session:
         add_thing(session, cli_actor(), "porch-cam")

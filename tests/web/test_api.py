@@ -8,6 +8,7 @@ import re
 
 import httpx
 import pyotp
+import pytest
 
 from lab.accounts import PASSWORD
 from lab.served import wait_for
@@ -30,6 +31,7 @@ def _share(web: WebApp, thing: str, group: str, email: str) -> None:
         sharing.share_thing(session, cli_actor(), thing, group, "owner")
 
 
+@pytest.mark.both_databases
 def test_another_households_device_is_a_404_like_a_missing_one(web: WebApp) -> None:
     web.add_user("alice@example.com")
     web.add_user("bob@example.com")
@@ -274,6 +276,7 @@ def test_a_refused_form_post_shows_a_page_to_the_person(web: WebApp) -> None:
         assert "reload the page" in refused.text and "<script" not in refused.text
 
 
+@pytest.mark.both_databases
 def test_admin_api_needs_the_admin_scope_and_an_admin(web: WebApp) -> None:
     web.add_user("alice@example.com")
     root_id = web.add_user("root@example.com", admin=True)
