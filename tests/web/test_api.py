@@ -293,3 +293,19 @@ def test_admin_api_needs_the_admin_scope_and_an_admin(web: WebApp) -> None:
         web.sign_in(alice, "alice@example.com")
         assert alice.get("/api/v1/admin/users").status_code == 403
         assert alice.get("/api/v1/admin/audit").status_code == 403
+
+
+def test_signing_in_again_ends_the_browsers_older_session(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")  # this browser is now known: no mailed code the next time
+        old = alice.cookies["__Host-thingward_session"]
+        form = alice.get("/signup").text  # a public page seen signed in carries the CSRF token
+        again = alice.post(
+            "/login",
+            data={"csrf_token": csrf_of(form), "email": "alice@example.com", "password": PASSWORD},
+            follow_redirects=False,
+        )
+        assert again.status_code == 303, again.text
+        assert alice.cookies["__Host-thingward_session"] != old
+        assert len(web.accounts.list_sessions(web.accounts.get_user("alice@example.com").id)) == 1

@@ -20,7 +20,7 @@ from thingward.accounts.errors import (
 )
 from thingward.accounts.mail import MailError
 from thingward.accounts.service import SCOPES, LoginOutcome, LoginResult
-from thingward.app.session import BROWSER_COOKIE, SESSION_COOKIE, accounts_of
+from thingward.app.session import BROWSER_COOKIE, SESSION_COOKIE, accounts_of, session_token
 from thingward.app.web.pending import PendingSignIns
 from thingward.app.web.render import (
     PENDING_COOKIE,
@@ -122,6 +122,9 @@ def login_form(request: Request, page: MaybeSignedIn, signed_up: str = "", reset
 
 
 def _signed_in(request: Request, result: LoginResult) -> Response:
+    previous = session_token(request)
+    if previous:  # a sign-in over an older session of this browser ends that one: one live id per browser
+        accounts_of(request).logout(previous)
     response = redirect(SETUP_PATH if result.requirements else "/")
     set_session_cookie(response, result.session_token or "")
     if result.browser_token:
