@@ -14,6 +14,7 @@ from lab.accounts import PASSWORD
 from lab.served import wait_for
 from thingward.accounts import sharing
 from thingward.accounts.service import user_by_email
+from thingward.device.enroll import server_context
 from thingward.platform import cli_actor
 from thingward.registry.device_state import parse_state_report, store_report
 from thingward.registry.things import add_thing, get_thing
@@ -309,3 +310,21 @@ def test_signing_in_again_ends_the_browsers_older_session(web: WebApp) -> None:
         assert again.status_code == 303, again.text
         assert alice.cookies["__Host-thingward_session"] != old
         assert len(web.accounts.list_sessions(web.accounts.get_user("alice@example.com").id)) == 1
+
+
+def test_a_malformed_cookie_beside_the_session_does_not_hide_it_from_the_csrf_guard(web: WebApp) -> None:
+    web.add_user("alice@example.com")
+    with web.client() as alice:
+        web.sign_in(alice, "alice@example.com")
+        session = alice.cookies["__Host-thingward_session"]
+    # A cookie a sibling host could plant (`a="b`, an unclosed quote) made a strict parser give up on the
+    # whole header, so the guard saw no session while the handler found one: a CSRF bypass.
+    planted = f'a="b; __Host-thingward_session={session}; c=d'
+    with httpx.Client(base_url=web.url, verify=server_context(web.platform.ca_certificate_path)) as raw:
+        made = raw.post(
+            "/api/v1/account/tokens",
+            json={"name": "csrf", "scopes": ["things:read"], "days": 1},
+            headers={"Cookie": planted},
+        )
+        assert made.status_code == 403 and "CSRF" in made.text
+        assert raw.get("/api/v1/account", headers={"Cookie": planted}).status_code == 200  # the session is live

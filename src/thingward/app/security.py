@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from html import escape
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 
 from thingward.accounts.service import Accounts
 from thingward.app.session import SESSION_COOKIE
@@ -79,16 +79,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _cookie(headers: dict[str, str], name: str) -> str:
-    raw = headers.get("cookie", "")
-    if not raw:
-        return ""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(raw)
-    except Exception:  # a malformed Cookie header carries no session we could honour
-        return ""
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None else ""
+    # Starlette's own parser, the one the handlers read cookies with: a stricter one (http.cookies) gives up
+    # on a malformed cookie planted beside ours and would see no session where the handler then finds one.
+    return cookie_parser(headers.get("cookie", "")).get(name, "")
 
 
 def cross_origin_reason(headers: dict[str, str]) -> str | None:
