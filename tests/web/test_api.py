@@ -196,6 +196,8 @@ def test_pending_requirements_allow_only_the_setup_page(web: WebApp) -> None:
         assert admin.get("/devices", follow_redirects=False).headers["location"] == "/account/setup"
         assert admin.get("/admin/users", follow_redirects=False).headers["location"] == "/account/setup"
         assert admin.get("/api/v1/devices").status_code == 403
+        account = admin.get("/api/v1/account")
+        assert account.status_code == 200 and account.json()["requirements"] == ["change_password", "enroll_2fa"]
         setup = admin.get("/account/setup")
         assert "choose your own" in setup.text
         changed = admin.post(
@@ -205,6 +207,15 @@ def test_pending_requirements_allow_only_the_setup_page(web: WebApp) -> None:
         )
         assert changed.headers["location"] == "/account/setup"
         assert "Set up two-factor" in admin.get("/account/setup").text
+        # The REST API clears requirements too: 2FA enrolment with a pending session.
+        csrf = csrf_of(admin.get("/account/setup").text)
+        secret = admin.post("/api/v1/account/2fa/begin", headers={"X-CSRF-Token": csrf}).json()["secret"]
+        done = admin.post(
+            "/api/v1/account/2fa/confirm", json={"code": pyotp.TOTP(secret).now()}, headers={"X-CSRF-Token": csrf}
+        )
+        assert done.status_code == 200, done.text
+        assert admin.get("/api/v1/account").json()["requirements"] == []
+        assert admin.get("/api/v1/devices").status_code == 200
 
 
 def test_admin_pages_are_a_404_for_everyone_else(web: WebApp) -> None:

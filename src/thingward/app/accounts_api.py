@@ -21,11 +21,12 @@ from thingward.app.devices_api import AUTH_ERRORS, ErrorBody
 from thingward.app.session import (
     BROWSER_COOKIE,
     SESSION_COOKIE,
-    Caller,
     accounts_of,
+    bearer_token,
     current_session,
     require_scope,
     require_session,
+    require_session_pending,
     session_token,
 )
 from thingward.app.web.render import clear_cookie, client_ip, set_browser_cookie, set_session_cookie, user_agent
@@ -179,7 +180,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 RowId = Annotated[int, Path(ge=1, le=2**62)]
 Session = Annotated[Any, Depends(require_session)]
-AccountReader = Annotated[Caller, Depends(require_scope("account:read"))]
+PendingSession = Annotated[Any, Depends(require_session_pending)]
 
 
 # --- public ---------------------------------------------------------------------------------------------
@@ -266,13 +267,16 @@ def check_password(body: PasswordCheckRequest, request: Request) -> PasswordVerd
 
 
 @router.get("/account", response_model=Account, responses=AUTH_ERRORS)
-def get_account(request: Request, caller: AccountReader) -> Account:
-    requirements = caller.session.requirements if caller.session else ()
-    return _account(caller.user, requirements)
+def get_account(request: Request) -> Account:
+    """The caller's account (`account:read` for a token); a session sees what set-up it still needs."""
+    if bearer_token(request) is None:
+        found = require_session_pending(request)
+        return _account(found.user, found.requirements)
+    return _account(require_scope("account:read")(request).user)
 
 
 @router.post("/account/password", response_model=Accepted, responses=_errors(400, 401, 403))
-def change_password(body: ChangePassword, request: Request, session: Session) -> Response:
+def change_password(body: ChangePassword, request: Request, session: PendingSession) -> Response:
     """Change the password (other sessions end). The session gets a new id (cookie) and CSRF token."""
     accounts = accounts_of(request)
     token = session_token(request)
@@ -288,7 +292,7 @@ def change_password(body: ChangePassword, request: Request, session: Session) ->
 
 
 @router.post("/account/2fa/begin", response_model=TotpStart, responses=_errors(400, 401, 403))
-def totp_begin(request: Request, session: Session) -> TotpStart:
+def totp_begin(request: Request, session: PendingSession) -> TotpStart:
     """A new TOTP key (secret, otpauth URI, QR code as SVG), pending until confirmed with a first code."""
     if session.user.totp_enabled:
         raise InvalidInputError("2FA is on already: turn it off first to enrol a new phone")
@@ -297,7 +301,7 @@ def totp_begin(request: Request, session: Session) -> TotpStart:
 
 
 @router.post("/account/2fa/confirm", response_model=RecoveryCodes, responses=_errors(400, 401, 403))
-def totp_confirm(body: CodeRequest, request: Request, session: Session) -> Response:
+def totp_confirm(body: CodeRequest, request: Request, session: PendingSession) -> Response:
     """Turn 2FA on with a first code; returns ten recovery codes, shown once. The session gets a new id."""
     accounts = accounts_of(request)
     try:

@@ -96,3 +96,14 @@ def require_session(request: Request) -> AuthenticatedSession:
     if bearer_token(request) is not None:
         raise HTTPException(status_code=403, detail="this needs a signed-in session, not an API token")
     return require_user(request)
+
+
+def require_session_pending(request: Request) -> AuthenticatedSession:
+    """Like `require_session`, but a session with pending requirements passes: for the calls that clear
+    them (a new password, 2FA enrolment) and for reading the account (which lists them)."""
+    if bearer_token(request) is not None:
+        raise HTTPException(status_code=403, detail="this needs a signed-in session, not an API token")
+    found = current_session(request)
+    if found is None:
+        raise HTTPException(status_code=401, detail="sign in first")
+    return found
