@@ -14,12 +14,16 @@ from pydantic import BaseModel, Field
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from thingward import __version__
+from thingward.accounts.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError, SignUpClosedError
+from thingward.accounts.mail import Mailer, MailError, QueuedMailer, mailer_from_settings
 from thingward.accounts.service import Accounts
 from thingward.app.broker_hooks import hooks_router
 from thingward.app.metrics import Metrics
 from thingward.app.onboarding_api import onboarding_router
 from thingward.app.throttle import FailureThrottle
+from thingward.app.web import install_web
 from thingward.broker.decisions import HookDecisions
+from thingward.config import SmtpSettings
 from thingward.errors import (
     ConflictError,
     EnrollmentRefusedError,
@@ -77,6 +81,12 @@ class BodySizeLimit(BaseHTTPMiddleware):
         return await call_next(request)
 
 
+def web_mailer(settings: SmtpSettings) -> Mailer:
+    """Mail from web requests goes through a queue: an unknown email must not answer faster than a known one."""
+    inner = mailer_from_settings(settings)
+    return QueuedMailer(inner) if settings.host else inner
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -100,7 +110,7 @@ def create_app(
         docs_url=None,  # the interactive page loads scripts from a CDN; the schema is enough
         redoc_url=None,
     )
-    app.state.accounts = accounts or Accounts.for_platform(platform)
+    app.state.accounts = accounts or Accounts.for_platform(platform, mailer=web_mailer(platform.settings.smtp))
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(RequestValidationError)
@@ -119,6 +129,12 @@ def create_app(
             status = 404
         elif isinstance(exc, ConflictError):
             status = 409
+        elif isinstance(exc, PermissionDeniedError | SignUpClosedError):
+            status = 403
+        elif isinstance(exc, InvalidTokenError | AuthenticationError):
+            status = 400
+        elif isinstance(exc, MailError):
+            status = 503
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     responses: dict[int | str, dict[str, Any]] = {
@@ -193,6 +209,7 @@ def create_app(
             )
         )
     app.include_router(onboarding_router(platform, after_enroll))
+    install_web(app)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

@@ -17,6 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import func, select
 
+from thingward.app.web.first_run import FirstAdmin, ensure_first_admin
 from thingward.cli.common import console
 from thingward.config import CONFIG_FILE
 from thingward.device.simulator import SIMULATED_MODEL, SimulatedCamera, provision_cameras
@@ -258,6 +259,7 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
     platform = Platform.open(data_dir, check_schema_version=False)
     platform.upgrade_schema()  # a demo dir from an older thingward is brought up to date
     _prepare_fleet_facts(platform)
+    first_admin = ensure_first_admin(platform)  # no default accounts: a random password, shown once
     server = ThingwardServer(platform, "127.0.0.1", 0, 0)
     endpoints = await server.start()
     stop = threading.Event()
@@ -267,6 +269,7 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
     header = (
         f"MQTT (mutual TLS only): {endpoints.mqtt}\nHTTPS API: {endpoints.api}\n"
         f"Platform CA: {endpoints.ca_certificate}\nData dir: {platform.settings.data_dir}\n"
+        + _web_app_lines(endpoints.api, first_admin)
         + ("Ctrl-C stops everything." if duration <= 0 else f"Stops after {duration:.0f} s.")
     )
     log = EventLog()
@@ -292,4 +295,17 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
             loop.remove_signal_handler(sig)
         await server.stop()
         platform.close()
-    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result, "audit": audit}
+    web = {"url": f"{endpoints.api}/login"}
+    if first_admin is not None:
+        web.update(admin_email=first_admin.email, admin_password=first_admin.password)
+    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result, "audit": audit, "web": web}
+
+
+def _web_app_lines(api: str, first_admin: FirstAdmin | None) -> str:
+    lines = f"Web app: {api}/login\n"
+    if first_admin is not None:
+        lines += (
+            f"First admin: {first_admin.email}  password (shown once, change it at the first sign-in): "
+            f"[bold]{first_admin.password}[/]\n"
+        )
+    return lines
