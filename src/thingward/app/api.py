@@ -15,8 +15,10 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from thingward import __version__
 from thingward.accounts.service import Accounts
+from thingward.app.camera_api import router as camera_router
 from thingward.app.metrics import Metrics
 from thingward.app.throttle import FailureThrottle
+from thingward.camera.service import CameraService
 from thingward.errors import (
     ConflictError,
     EnrollmentRefusedError,
@@ -83,9 +85,11 @@ def create_app(
     metrics: Metrics | None = None,
     after_enroll: Callable[[], None] | None = None,
     accounts: Accounts | None = None,
+    camera: CameraService | None = None,
 ) -> FastAPI:
     """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects.
-    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`."""
+    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`;
+    `camera` (default: a new one with its own notification hub) at `app.state.camera`."""
     metrics = metrics or Metrics()
     throttle = FailureThrottle()
     app = FastAPI(
@@ -96,6 +100,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.accounts = accounts or Accounts.for_platform(platform)
+    # The camera journey (snapshots, notifications); the server passes the one its message path feeds.
+    app.state.camera = camera or CameraService.for_platform(platform)
+    app.include_router(camera_router)
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(RequestValidationError)

@@ -14,6 +14,7 @@ import typer
 
 from thingward import __version__
 from thingward.cli import audit, device, group, model, ota, policy, scan, user
+from thingward.cli import camera as camera_cli
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.logs import configure_logging
 from thingward.platform import init_data_dir
@@ -31,6 +32,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(model.app, name="model")
 app.add_typer(ota.app, name="ota")
 app.add_typer(user.app, name="user")
+app.add_typer(camera_cli.app, name="camera")
 app.command("scan")(scan.scan)
 
 
@@ -81,7 +83,12 @@ def init(
 
 
 async def _serve(
-    data_dir: Path | None, host: str | None, mqtt_port: int | None, http_port: int | None, as_json: bool
+    data_dir: Path | None,
+    host: str | None,
+    mqtt_port: int | None,
+    http_port: int | None,
+    as_json: bool,
+    device_port: int | None = None,
 ) -> None:
     from thingward.server import ThingwardServer
 
@@ -92,6 +99,7 @@ async def _serve(
         host or settings.server.host,
         settings.mqtt.port if mqtt_port is None else mqtt_port,
         settings.server.http_port if http_port is None else http_port,
+        device_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,6 +114,7 @@ async def _serve(
             console.print(
                 f"MQTT over mTLS: {endpoints.mqtt}\n"
                 f"HTTPS API:      {endpoints.api}\n"
+                f"Device uploads: {endpoints.device_api} (device certificate required)\n"
                 f"CA:             {endpoints.ca_certificate}"
             )
         await stop.wait()
@@ -127,10 +136,18 @@ def serve(
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="HTTPS port; 0 picks a free one [default: 8443].")
     ] = None,
+    device_port: Annotated[
+        int | None,
+        typer.Option(
+            "--device-port",
+            help="Device upload port (HTTPS, device certificate required); 0 picks a free one "
+            "[default: 8444, or a free one with --http-port 0].",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the broker (MQTT over mutual TLS only) and the HTTPS API until interrupted."""
-    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json))
+    """Run the broker (MQTT over mutual TLS only), the HTTPS API and the device listener until interrupted."""
+    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json, device_port))
 
 
 @app.command("simulate")
