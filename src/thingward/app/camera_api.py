@@ -77,6 +77,21 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+async def _device(request: Request) -> DeviceIdentity:
+    """The device of this request's connection, checked against the registry and the policy now."""
+    identity = request.scope.get(DEVICE_SCOPE_KEY)
+    if not isinstance(identity, DeviceIdentity):
+        # Only reachable if this app were served without the device listener's protocol: fail closed.
+        raise DeviceRefusedError("a device certificate from the platform CA is required")
+    camera: CameraService = request.app.state.camera
+    authorizer: Authorizer = request.app.state.authorizer
+    await asyncio.to_thread(camera.check_device, identity.thing, identity.serial, authorizer)
+    return identity
+
+
+Device = Annotated[DeviceIdentity, Depends(_device)]
+
+
 def create_device_app(camera: CameraService, authorizer: Authorizer) -> FastAPI:
     """The app of the device listener. Every route needs the connection's device identity."""
     app = FastAPI(
@@ -108,15 +123,8 @@ def create_device_app(camera: CameraService, authorizer: Authorizer) -> FastAPI:
     async def _missing(_request: Request, exc: NotFoundError) -> JSONResponse:
         return _error(str(exc), 404)
 
-    async def device(request: Request) -> DeviceIdentity:
-        identity = request.scope.get(DEVICE_SCOPE_KEY)
-        if not isinstance(identity, DeviceIdentity):
-            # Only reachable if this app were served without the device listener's protocol: fail closed.
-            raise DeviceRefusedError("a device certificate from the platform CA is required")
-        await asyncio.to_thread(camera.check_device, identity.thing, identity.serial, authorizer)
-        return identity
-
-    Device = Annotated[DeviceIdentity, Depends(device)]
+    app.state.camera = camera
+    app.state.authorizer = authorizer
     refusals: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorResponse, "description": d}
         for s, d in {

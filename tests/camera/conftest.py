@@ -1,0 +1,180 @@
+"""The camera tests' lab: the whole server in this process (broker, API, device listener) over a fresh data
+dir, and devices enrolled through the same service functions `thingward device add/enroll` use."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import ssl
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
+from thingward.pki.ca import certificate_pem, private_key_pem
+from thingward.pki.files import write_atomic, write_secret
+
+WAIT = 10.0
+
+
+class MovableClock:
+    """The camera service's clock: real time plus however far a test moved it."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta()
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += dt.timedelta(seconds=seconds)
+
+
+class CameraLab:
+    """ThingwardServer on a loop thread of its own; `enroll` makes a device dir (key, certificate, CA)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from thingward.platform import Platform, init_data_dir
+        from thingward.server import ThingwardServer
+
+        init_data_dir(data_dir)
+        self.platform = Platform.open(data_dir)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="camera-lab-loop", daemon=True)
+        self.thread.start()
+        self.server = ThingwardServer(self.platform, "127.0.0.1", 0, 0)
+        self.clock = MovableClock()
+        self.server.camera.clock = self.clock
+        self.endpoints = self.call(self.server.start(), timeout=30)
+        self.devices = data_dir.parent / "devices"
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = WAIT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def device_api(self) -> str:
+        return str(self.endpoints.device_api)
+
+    @property
+    def mqtt_port(self) -> int:
+        return int(self.server.broker.port)
+
+    def enroll(self, name: str) -> Path:
+        from thingward.platform import cli_actor
+        from thingward.registry import things
+
+        with self.platform.db.session() as session:
+            things.add_thing(session, cli_actor(), name)
+            token = things.create_enrollment_token(session, cli_actor(), name, dt.timedelta(hours=1)).token
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .sign(key, hashes.SHA256())
+        )
+        enrollment = self.platform.enroll(token, csr.public_bytes(serialization.Encoding.PEM), "test")
+        directory = self.devices / name
+        write_atomic(directory / CERT_FILE, certificate_pem(enrollment.certificate))
+        write_secret(directory / KEY_FILE, private_key_pem(key))
+        shutil.copy(self.platform.ca_certificate_path, directory / CA_FILE)
+        self.sync()
+        return directory
+
+    def sync(self) -> None:
+        """What the 0.25 s watcher does, now: policies and CRL reloaded, sessions dropped."""
+        self.call(self.server.apply_changes(force=True))
+
+    def close(self) -> None:
+        try:
+            self.call(self.server.stop(), timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+            self.platform.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[CameraLab]:
+    started = CameraLab(tmp_path / "data")
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+class SseReader:
+    """A page's EventSource, as a thread: reads `url` with the session cookie and keeps each event's data."""
+
+    def __init__(self, url: str, session_token: str | None, ca: Path) -> None:
+        from thingward.app.session import SESSION_COOKIE
+
+        self.url = url
+        self.headers = {"Cookie": f"{SESSION_COOKIE}={session_token}"} if session_token else {}
+        self.ca = ca
+        self.status: int | None = None
+        self.events: list[dict[str, Any]] = []
+        self.comments = 0
+        self.error: BaseException | None = None
+        self.opened = threading.Event()
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sse-reader", daemon=True)
+        self._thread.start()
+        assert self.opened.wait(WAIT), "the stream did not answer"
+
+    def _run(self) -> None:
+        import json
+
+        import httpx
+
+        try:
+            timeout = httpx.Timeout(WAIT, read=40)
+            with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca)), timeout=timeout) as client:
+                with client.stream("GET", self.url, headers=self.headers) as response:
+                    self.status = response.status_code
+                    self.content_type = response.headers.get("content-type", "")
+                    self.opened.set()
+                    if response.status_code != 200:
+                        return
+                    kind, data = "message", []
+                    for line in response.iter_lines():
+                        if line.startswith(":"):
+                            self.comments += 1
+                        elif line.startswith("event:"):
+                            kind = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].strip())
+                        elif line == "" and data:
+                            if kind == "notification":
+                                self.events.append(json.loads("\n".join(data)))
+                            kind, data = "message", []
+        except Exception as e:  # the server went away: kept for the test to look at, never raised in a thread
+            self.error = e
+        finally:
+            self.opened.set()
+            self.done.set()
+
+    def wait_for_events(self, count: int, timeout: float = WAIT) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.events) < count and not self.done.is_set():
+            time.sleep(0.05)
+        return len(self.events) >= count
+
+    def join(self, timeout: float = WAIT) -> None:
+        self._thread.join(timeout)
+
+
+@pytest.fixture
+def sse() -> type[SseReader]:
+    """The SseReader class (a conftest module cannot be imported by name)."""
+    return SseReader
