@@ -136,26 +136,28 @@ class SseReader:
         import httpx
 
         try:
-            timeout = httpx.Timeout(WAIT, read=40)
-            with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca)), timeout=timeout) as client:
-                with client.stream("GET", self.url, headers=self.headers) as response:
-                    self.status = response.status_code
-                    self.content_type = response.headers.get("content-type", "")
-                    self.opened.set()
-                    if response.status_code != 200:
-                        return
-                    kind, data = "message", []
-                    for line in response.iter_lines():
-                        if line.startswith(":"):
-                            self.comments += 1
-                        elif line.startswith("event:"):
-                            kind = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data.append(line[5:].strip())
-                        elif line == "" and data:
-                            if kind == "notification":
-                                self.events.append(json.loads("\n".join(data)))
-                            kind, data = "message", []
+            context = ssl.create_default_context(cafile=str(self.ca))
+            with (
+                httpx.Client(verify=context, timeout=httpx.Timeout(WAIT, read=40)) as client,
+                client.stream("GET", self.url, headers=self.headers) as response,
+            ):
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type", "")
+                self.opened.set()
+                if response.status_code != 200:
+                    return
+                kind, data = "message", []
+                for line in response.iter_lines():
+                    if line.startswith(":"):
+                        self.comments += 1
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif line == "" and data:
+                        if kind == "notification":
+                            self.events.append(json.loads("\n".join(data)))
+                        kind, data = "message", []
         except Exception as e:  # the server went away: kept for the test to look at, never raised in a thread
             self.error = e
         finally:
