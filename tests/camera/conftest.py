@@ -114,11 +114,13 @@ def lab(tmp_path: Path) -> Iterator[CameraLab]:
 class SseReader:
     """A page's EventSource, as a thread: reads `url` with the session cookie and keeps each event's data."""
 
-    def __init__(self, url: str, session_token: str | None, ca: Path) -> None:
+    def __init__(self, url: str, session_token: str | None, ca: Path, last_event_id: str | None = None) -> None:
         from thingward.app.session import SESSION_COOKIE
 
         self.url = url
         self.headers = {"Cookie": f"{SESSION_COOKIE}={session_token}"} if session_token else {}
+        if last_event_id is not None:  # what a browser's EventSource sends when it reconnects
+            self.headers["Last-Event-ID"] = last_event_id
         self.ca = ca
         self.status: int | None = None
         self.events: list[dict[str, Any]] = []
