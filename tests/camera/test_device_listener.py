@@ -220,3 +220,38 @@ def test_a_corrupt_image_is_refused_and_nothing_is_stored(lab) -> None:
     assert not (lab.platform.settings.data_dir / "camera" / "snapshots" / "cam-a").exists() or not any(
         (lab.platform.settings.data_dir / "camera" / "snapshots" / "cam-a").iterdir()
     )
+
+
+def test_a_device_holds_only_so_many_unused_upload_urls(lab) -> None:
+    uploader = SnapshotUploader(lab.device_api, lab.enroll("cam-a"))
+    try:
+        grants = [uploader.grant() for _ in range(10)]
+        with pytest.raises(CameraUploadError, match=r"\(429\).*unused upload URLs"):
+            uploader.grant()
+        uploader.put(grants[0], JPEG)  # a spent one no longer counts
+        uploader.grant()
+    finally:
+        uploader.close()
+
+
+def test_a_large_grant_request_is_refused_before_it_is_parsed(lab) -> None:
+    with _client(lab.enroll("cam-a")) as client:
+        response = client.post(
+            f"{lab.device_api}/device/v1/uploads", content=b'{"content_type": "' + b"x" * 5000 + b'"}'
+        )
+    assert response.status_code == 413
+
+
+def test_old_snapshots_are_deleted_past_the_per_camera_limit(lab) -> None:
+    from thingward.camera.service import CameraSettings
+    from thingward.camera.uploads import UploadLimits
+
+    lab.server.camera.settings = CameraSettings(uploads=UploadLimits(keep_per_camera=2))
+    uploader = SnapshotUploader(lab.device_api, lab.enroll("cam-a"))
+    try:
+        uploads = [uploader.upload(JPEG)["upload_id"] for _ in range(4)]
+    finally:
+        uploader.close()
+    assert _snapshots(lab) == 2
+    folder = lab.platform.settings.data_dir / "camera" / "snapshots" / "cam-a"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{u}.jpg" for u in uploads[2:])

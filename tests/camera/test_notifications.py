@@ -177,3 +177,31 @@ def test_a_stream_ends_with_its_session(lab, home: Household, sse: type, monkeyp
     assert not page.done.is_set()
     home.accounts.logout(home.alice)
     assert page.done.wait(5), "the stream ended at the first heartbeat after sign-out"
+
+
+def test_expired_snapshots_take_their_analyses_and_notifications_with_them(
+    lab, home: Household, camera: MotionCamera
+) -> None:
+    from thingward.camera.service import CameraSettings
+    from thingward.camera.uploads import UploadLimits
+
+    lab.server.camera.settings = CameraSettings(uploads=UploadLimits(keep_per_camera=2))
+    first = camera.motion((150, 420))
+    assert _wait(lambda: _analysed(lab, first["snapshot_id"]))
+    second = camera.motion((450, 420))
+    assert _wait(lambda: _analysed(lab, second["snapshot_id"]))
+    third = camera.motion((300, 460))  # this upload pushes the first motion snapshot out
+    assert _wait(lambda: _analysed(lab, third["snapshot_id"]))
+    assert not _analysed(lab, first["snapshot_id"])
+    assert _count(lab, MotionEvent) == 2
+    assert _notified(lab, "alice@example.com") == 2
+    listed = _api(lab, "GET", "/api/v1/notifications", home.alice, home.accounts).json()["notifications"]
+    assert [n["snapshot_id"] for n in listed] == [third["snapshot_id"], second["snapshot_id"]]
+    gone = _api(lab, "GET", f"/api/v1/snapshots/{first['snapshot_id']}", home.alice, home.accounts)
+    assert gone.status_code == 404
+
+
+def _analysed(lab, snapshot_id: int) -> bool:  # type: ignore[no-untyped-def]
+    with lab.platform.db.read() as session:
+        found = session.execute(select(MotionEvent.id).where(MotionEvent.snapshot_id == snapshot_id)).first()
+    return found is not None

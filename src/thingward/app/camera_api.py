@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thingward import __version__
 from thingward.accounts.service import AuthenticatedSession
@@ -77,6 +78,33 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+MAX_GRANT_REQUEST_BYTES = 4096
+
+
+class DeviceRequestLimits:
+    """Before any handler reads a body: no Transfer-Encoding (a body needs a Content-Length), and a grant
+    request's JSON is small. An upload's own limit is its grant's, checked by the route before it reads."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = None
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"")
+            if b"transfer-encoding" in headers:
+                refusal = _error("Transfer-Encoding is not accepted: send the body with a Content-Length", 411)
+            elif scope["method"] == "POST" and not length.isdigit():
+                refusal = _error("a Content-Length header is required", 411)
+            elif scope["method"] == "POST" and int(length) > MAX_GRANT_REQUEST_BYTES:
+                refusal = _error(f"a request body over {MAX_GRANT_REQUEST_BYTES} bytes is refused", 413)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 async def _device(request: Request) -> DeviceIdentity:
     """The device of this request's connection, checked against the registry and the policy now."""
     identity = request.scope.get(DEVICE_SCOPE_KEY)
@@ -125,6 +153,7 @@ def create_device_app(camera: CameraService, authorizer: Authorizer) -> FastAPI:
 
     app.state.camera = camera
     app.state.authorizer = authorizer
+    app.add_middleware(DeviceRequestLimits)
     refusals: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorResponse, "description": d}
         for s, d in {
@@ -163,8 +192,6 @@ def create_device_app(camera: CameraService, authorizer: Authorizer) -> FastAPI:
         upload_id: str, request: Request, who: Device, token: Annotated[str, Query(max_length=128)] = ""
     ) -> Any:
         """Upload the snapshot (JPEG or PNG) to the URL the grant gave."""
-        if "transfer-encoding" in request.headers:
-            return _error("Transfer-Encoding is not accepted: send the body with a Content-Length", 411)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         length_header = request.headers.get("content-length")
         length = int(length_header) if length_header is not None and length_header.isdigit() else None

@@ -47,12 +47,15 @@ class NotificationHub:
         self.max_streams = max_streams
         self._lock = threading.Lock()
         self._subscriptions: dict[int, list[Subscription]] = {}
+        self._closed = False
         self.delivered = 0
 
     def subscribe(self, user_id: int) -> Subscription:
         """A subscription on the running loop; TooManyStreamsError past the limits."""
         subscription = Subscription(user_id, asyncio.get_running_loop(), asyncio.Queue(self.queue_size))
         with self._lock:
+            if self._closed:
+                raise TooManyStreamsError("the server is stopping: reconnect in a moment")
             mine = self._subscriptions.setdefault(user_id, [])
             if len(mine) >= self.max_per_person:
                 raise TooManyStreamsError(
@@ -89,6 +92,7 @@ class NotificationHub:
     def close(self) -> None:
         """End every stream (each gets None)."""
         with self._lock:
+            self._closed = True
             everyone = [s for subs in self._subscriptions.values() for s in subs]
         for subscription in everyone:
             subscription.closed = True

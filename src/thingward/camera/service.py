@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class CameraService:
         self.hub = hub or NotificationHub()
         self.clock = clock
         self._frames: OrderedDict[int, GrayFrame] = OrderedDict()
+        self._frames_lock = threading.Lock()
         self._pending: deque[tuple[str, str]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,21 +145,32 @@ class CameraService:
 
     def receive_upload(self, thing: str, upload_id: str, token: str, content_type: str, body: bytes) -> StoredSnapshot:
         stored, decoded = receive_upload(
-            self.db, self.data_dir, thing, upload_id, token, content_type, body, self.clock(), self.settings.analysis
+            self.db,
+            self.data_dir,
+            thing,
+            upload_id,
+            token,
+            content_type,
+            body,
+            self.clock(),
+            self.settings.analysis,
+            self.settings.uploads.keep_per_camera,
         )
         self._remember(stored.id, decoded.gray)
         logger.info("snapshot %d of %s stored (%dx%d)", stored.id, thing, stored.width, stored.height)
         return stored
 
     def _remember(self, snapshot_id: int, gray: GrayFrame) -> None:
-        self._frames[snapshot_id] = gray
-        while len(self._frames) > FRAME_CACHE:
-            self._frames.popitem(last=False)
+        with self._frames_lock:  # uploads and analyses run in worker threads
+            self._frames[snapshot_id] = gray
+            while len(self._frames) > FRAME_CACHE:
+                self._frames.popitem(last=False)
 
     # --- motion ---
 
     def _frame(self, snapshot: CameraSnapshot) -> GrayFrame:
-        cached = self._frames.get(snapshot.id)
+        with self._frames_lock:
+            cached = self._frames.get(snapshot.id)
         if cached is not None:
             return cached
         data = (self.data_dir / snapshot.path).read_bytes()

@@ -17,14 +17,14 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from thingward.camera.analysis import CONTENT_TYPES, AnalysisLimits, DecodedImage, decode_image
 from thingward.errors import ThingwardError
 from thingward.pki.files import SECRET_MODE, write_atomic
 from thingward.registry.db import Database
-from thingward.registry.models import CameraSnapshot, CameraUploadGrant, Thing
+from thingward.registry.models import CameraSnapshot, CameraUploadGrant, MotionEvent, Notification, Thing
 from thingward.registry.things import get_thing
 
 CAMERA_DIR = "camera"
@@ -37,6 +37,10 @@ class UploadLimits:
     ttl_seconds: int = 60
     # The largest snapshot a camera may upload (a 4K JPEG is 1-3 MiB); a grant may ask for less.
     max_bytes: int = 4 * 1024 * 1024
+    # Upload URLs one camera may hold unused at once (a camera asks for one per snapshot).
+    max_open_grants: int = 10
+    # Snapshots kept per camera; older ones (their files, analyses and notifications) are deleted.
+    keep_per_camera: int = 500
 
 
 class UploadRefusedError(ThingwardError):
@@ -100,6 +104,18 @@ def issue_upload(
     if max_bytes < 0 or max_bytes > limits.max_bytes:
         raise UploadRefusedError(f"max_bytes must be 1 to {limits.max_bytes} (or 0 for the limit)", 400)
     thing = get_thing(session, thing_name)
+    # Spent and expired grants are of no more use: each request clears its camera's.
+    session.execute(
+        delete(CameraUploadGrant).where(
+            CameraUploadGrant.thing_id == thing.id,
+            or_(CameraUploadGrant.used_at.is_not(None), CameraUploadGrant.expires_at <= now),
+        )
+    )
+    open_grants = session.execute(select(func.count()).where(CameraUploadGrant.thing_id == thing.id)).scalar_one()
+    if open_grants >= limits.max_open_grants:
+        raise UploadRefusedError(
+            f"{thing_name} holds {open_grants} unused upload URLs already: use them, or wait until they expire", 429
+        )
     upload_id, token = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
     expires_at = now + dt.timedelta(seconds=limits.ttl_seconds)
     grant = CameraUploadGrant(
@@ -161,6 +177,39 @@ def check_upload(
     return _Grant(row.id, row.upload_id, row.thing_id, row.content_type, row.max_bytes)
 
 
+def _expire_old_snapshots(session: Session, thing_id: int, keep: int) -> list[str]:
+    """Delete the camera's snapshots beyond the newest `keep` (their analyses and notifications go with
+    them); returns the files to remove once the transaction committed."""
+    old = (
+        session.execute(
+            select(CameraSnapshot)
+            .where(CameraSnapshot.thing_id == thing_id)
+            .order_by(CameraSnapshot.id.desc())
+            .offset(keep)
+        )
+        .scalars()
+        .all()
+    )
+    if not old:
+        return []
+    ids = [snapshot.id for snapshot in old]
+    marked = session.execute(
+        select(MotionEvent.annotated_path).where(
+            MotionEvent.snapshot_id.in_(ids), MotionEvent.annotated_path.is_not(None)
+        )
+    ).scalars()
+    files = [snapshot.path for snapshot in old] + [path for path in marked if path]
+    # Explicit, not left to ON DELETE CASCADE: the same on every database whatever its foreign-key setting.
+    events = select(MotionEvent.id).where(MotionEvent.snapshot_id.in_(ids))
+    session.execute(delete(Notification).where(Notification.motion_event_id.in_(events)))
+    session.execute(delete(MotionEvent).where(MotionEvent.snapshot_id.in_(ids)))
+    session.execute(
+        update(MotionEvent).where(MotionEvent.previous_snapshot_id.in_(ids)).values(previous_snapshot_id=None)
+    )
+    session.execute(delete(CameraSnapshot).where(CameraSnapshot.id.in_(ids)))
+    return files
+
+
 def receive_upload(
     db: Database,
     data_dir: Path,
@@ -171,8 +220,10 @@ def receive_upload(
     body: bytes,
     now: dt.datetime,
     limits: AnalysisLimits | None = None,
+    keep_per_camera: int = UploadLimits.keep_per_camera,
 ) -> tuple[StoredSnapshot, DecodedImage]:
-    """Check, decode and store one uploaded snapshot; on any refusal nothing is stored."""
+    """Check, decode and store one uploaded snapshot; on any refusal nothing is stored. The camera's
+    snapshots beyond the newest `keep_per_camera` are deleted."""
     with db.read() as session:
         grant = check_upload(session, thing_name, upload_id, token, content_type, len(body), now)
     decoded = decode_image(body, content_type, limits)  # ImageRejectedError: nothing stored, grant unspent
@@ -210,4 +261,7 @@ def receive_upload(
         stored = StoredSnapshot(
             snapshot.id, thing_name, upload_id, content_type, decoded.width, decoded.height, len(body), sha256
         )
+        expired = _expire_old_snapshots(session, grant.thing_id, keep_per_camera)
+    for relative_path in expired:
+        (data_dir / relative_path).unlink(missing_ok=True)
     return stored, decoded
