@@ -9,6 +9,7 @@ import shutil
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lab.accounts import FAST, PASSWORD, Inbox, signed_in
+from thingward.accounts import sharing
+from thingward.accounts.mail import SmtpMailer
+from thingward.accounts.service import Accounts, user_by_email, utc_now
+from thingward.config import SmtpSettings
+from thingward.device.camera import MotionCamera
 from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
 from thingward.pki.ca import certificate_pem, private_key_pem
 from thingward.pki.files import write_atomic, write_secret
+from thingward.platform import cli_actor
 
 WAIT = 10.0
 
@@ -182,3 +190,49 @@ class SseReader:
 def sse() -> type[SseReader]:
     """The SseReader class (a conftest module cannot be imported by name)."""
     return SseReader
+
+
+CAMERA = "cam-a"  # shared with the smiths (alice, bob); mallory is a jones
+
+
+@dataclass
+class Household:
+    accounts: Accounts
+    alice: str  # session tokens; alice and bob share the camera, mallory lives elsewhere
+    bob: str
+    mallory: str
+    camera_dir: Path
+
+
+@pytest.fixture
+def home(lab, smtp: tuple[Inbox, SmtpSettings]) -> Household:
+    inbox, settings = smtp
+    accounts = Accounts(lab.platform.db, FAST, SmtpMailer(settings), utc_now)
+    actor = cli_actor()
+    camera_dir = lab.enroll(CAMERA)
+    with lab.platform.db.session() as session:
+        sharing.add_user_group(session, actor, "smiths")
+        sharing.add_user_group(session, actor, "joneses")
+        sharing.share_thing(session, actor, CAMERA, "smiths", "owner")
+    for email, household in (
+        ("alice@example.com", "smiths"),
+        ("bob@example.com", "smiths"),
+        ("mallory@example.com", "joneses"),
+    ):
+        accounts.create_user(actor, email, PASSWORD)
+        with lab.platform.db.session() as session:
+            sharing.add_member(session, actor, household, user_by_email(session, email))
+    tokens = [
+        signed_in(accounts, inbox, f"{who}@example.com").session_token or "" for who in ("alice", "bob", "mallory")
+    ]
+    return Household(accounts, *tokens, camera_dir)
+
+
+@pytest.fixture
+def camera(lab, home: Household) -> Iterator[MotionCamera]:
+    started = MotionCamera(CAMERA, home.camera_dir, "127.0.0.1", lab.mqtt_port, lab.device_api, seed=7)
+    started.start()
+    try:
+        yield started
+    finally:
+        started.close()

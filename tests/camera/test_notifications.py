@@ -5,68 +5,17 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from lab.accounts import FAST, PASSWORD, Inbox, signed_in
-from thingward.accounts import sharing
-from thingward.accounts.mail import SmtpMailer
-from thingward.accounts.service import Accounts, user_by_email, utc_now
+from thingward.accounts.service import Accounts, user_by_email
 from thingward.app.session import SESSION_COOKIE
-from thingward.config import SmtpSettings
 from thingward.device.camera import MotionCamera
-from thingward.platform import cli_actor
 from thingward.registry.models import MotionEvent, Notification
 
 CAMERA = "cam-a"
-
-
-@dataclass
-class Household:
-    accounts: Accounts
-    alice: str  # session tokens; alice and bob share the camera, mallory lives elsewhere
-    bob: str
-    mallory: str
-    camera_dir: Path
-
-
-@pytest.fixture
-def home(lab, smtp: tuple[Inbox, SmtpSettings]) -> Household:
-    inbox, settings = smtp
-    accounts = Accounts(lab.platform.db, FAST, SmtpMailer(settings), utc_now)
-    actor = cli_actor()
-    camera_dir = lab.enroll(CAMERA)
-    with lab.platform.db.session() as session:
-        sharing.add_user_group(session, actor, "smiths")
-        sharing.add_user_group(session, actor, "joneses")
-        sharing.share_thing(session, actor, CAMERA, "smiths", "owner")
-    for email, household in (
-        ("alice@example.com", "smiths"),
-        ("bob@example.com", "smiths"),
-        ("mallory@example.com", "joneses"),
-    ):
-        accounts.create_user(actor, email, PASSWORD)
-        with lab.platform.db.session() as session:
-            sharing.add_member(session, actor, household, user_by_email(session, email))
-    tokens = [
-        signed_in(accounts, inbox, f"{who}@example.com").session_token or "" for who in ("alice", "bob", "mallory")
-    ]
-    return Household(accounts, *tokens, camera_dir)
-
-
-@pytest.fixture
-def camera(lab, home: Household) -> Iterator[MotionCamera]:
-    started = MotionCamera(CAMERA, home.camera_dir, "127.0.0.1", lab.mqtt_port, lab.device_api, seed=7)
-    started.start()
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def _api(lab, method: str, path: str, token: str, accounts: Accounts, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
@@ -96,7 +45,7 @@ def _notified(lab, email: str) -> int:  # type: ignore[no-untyped-def]
         return int(session.execute(select(func.count()).where(Notification.user_id == user.id)).scalar_one())
 
 
-def test_a_person_who_turned_motion_off_is_not_notified(lab, home: Household, camera: MotionCamera) -> None:
+def test_a_person_who_turned_motion_off_is_not_notified(lab, home, camera: MotionCamera) -> None:
     off = [{"thing": CAMERA, "event_type": "motion", "enabled": False}]
     response = _api(lab, "PUT", "/api/v1/notifications/preferences", home.bob, home.accounts, json={"preferences": off})
     assert response.status_code == 200, response.text
@@ -110,7 +59,7 @@ def test_a_person_who_turned_motion_off_is_not_notified(lab, home: Household, ca
     assert _notified(lab, "mallory@example.com") == 0
 
 
-def test_preferences_for_a_thing_one_cannot_see_are_a_404(lab, home: Household) -> None:
+def test_preferences_for_a_thing_one_cannot_see_are_a_404(lab, home) -> None:
     body = {"preferences": [{"thing": CAMERA, "event_type": "motion", "enabled": False}]}
     response = _api(lab, "PUT", "/api/v1/notifications/preferences", home.mallory, home.accounts, json=body)
     assert response.status_code == 404
@@ -122,7 +71,7 @@ def test_preferences_for_a_thing_one_cannot_see_are_a_404(lab, home: Household) 
     assert response.status_code == 400 and "event_type must be one of motion" in response.text
 
 
-def test_a_replayed_motion_event_notifies_nobody_twice(lab, home: Household, camera: MotionCamera) -> None:
+def test_a_replayed_motion_event_notifies_nobody_twice(lab, home, camera: MotionCamera) -> None:
     stored = camera.motion((200, 400))
     assert _wait(lambda: _notified(lab, "alice@example.com") == 1)
     for _ in range(3):
@@ -132,7 +81,7 @@ def test_a_replayed_motion_event_notifies_nobody_twice(lab, home: Household, cam
     assert _notified(lab, "alice@example.com") == 1
 
 
-def test_a_motion_event_naming_another_cameras_upload_is_ignored(lab, home: Household, camera: MotionCamera) -> None:
+def test_a_motion_event_naming_another_cameras_upload_is_ignored(lab, home, camera: MotionCamera) -> None:
     other = MotionCamera("cam-b", lab.enroll("cam-b"), "127.0.0.1", lab.mqtt_port, lab.device_api, seed=8)
     try:
         theirs = other.start()
@@ -147,7 +96,7 @@ def test_a_motion_event_naming_another_cameras_upload_is_ignored(lab, home: Hous
     assert event.snapshot_id == mine["snapshot_id"] != theirs["snapshot_id"]
 
 
-def test_a_reconnecting_page_gets_what_it_missed(lab, home: Household, camera: MotionCamera, sse: type) -> None:
+def test_a_reconnecting_page_gets_what_it_missed(lab, home, camera: MotionCamera, sse: type) -> None:
     camera.motion((300, 420))
     assert _wait(lambda: _notified(lab, "alice@example.com") == 1)
     url, ca = f"{lab.endpoints.api}/api/v1/notifications/stream", lab.platform.ca_certificate_path
@@ -160,7 +109,7 @@ def test_a_reconnecting_page_gets_what_it_missed(lab, home: Household, camera: M
     assert not mallory.wait_for_events(1, timeout=0.5)
 
 
-def test_a_person_may_hold_only_so_many_streams(lab, home: Household, sse: type) -> None:
+def test_a_person_may_hold_only_so_many_streams(lab, home, sse: type) -> None:
     lab.server.camera.hub.max_per_person = 2
     url, ca = f"{lab.endpoints.api}/api/v1/notifications/stream", lab.platform.ca_certificate_path
     pages = [sse(url, home.alice, ca) for _ in range(3)]
@@ -168,7 +117,7 @@ def test_a_person_may_hold_only_so_many_streams(lab, home: Household, sse: type)
     assert sse(url, home.bob, ca).status == 200  # the limit is per person
 
 
-def test_a_stream_ends_with_its_session(lab, home: Household, sse: type, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_ends_with_its_session(lab, home, sse: type, monkeypatch: pytest.MonkeyPatch) -> None:
     from thingward.app import camera_api
 
     monkeypatch.setattr(camera_api, "HEARTBEAT_SECONDS", 0.2)
@@ -179,9 +128,7 @@ def test_a_stream_ends_with_its_session(lab, home: Household, sse: type, monkeyp
     assert page.done.wait(5), "the stream ended at the first heartbeat after sign-out"
 
 
-def test_expired_snapshots_take_their_analyses_and_notifications_with_them(
-    lab, home: Household, camera: MotionCamera
-) -> None:
+def test_expired_snapshots_take_their_analyses_and_notifications_with_them(lab, home, camera: MotionCamera) -> None:
     from thingward.camera.service import CameraSettings
     from thingward.camera.uploads import UploadLimits
 

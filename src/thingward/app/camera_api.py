@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path as PathLib
 from typing import Annotated, Any
 
+import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -395,3 +398,49 @@ def get_snapshot(snapshot_id: SnapshotId, request: Request, person: Person) -> R
 def get_annotated_snapshot(snapshot_id: SnapshotId, request: Request, person: Person) -> Response:
     """The snapshot with the changed region outlined (only for snapshots where motion was found)."""
     return _image(request, person, snapshot_id, annotated=True)
+
+
+# --- a minimal page of its own: the live notifications alone (the web app's pages include the same partial) ---
+
+_APP_DIR = PathLib(__file__).parent
+_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Notifications · thingward</title></head>
+<body>
+{partial}
+</body>
+</html>
+"""
+
+
+# The web app's policy: scripts, styles and images only from this origin, no framing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_APP_DIR / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+
+
+@router.get("/notifications", include_in_schema=False, response_class=HTMLResponse)
+def notifications_page(_person: Person) -> HTMLResponse:
+    """The signed-in person's live notifications, on a page of their own."""
+    partial = _templates().get_template("_notifications.j2").render()
+    return HTMLResponse(_PAGE.format(partial=partial), headers={"Cache-Control": "no-store", **PAGE_HEADERS})
+
+
+@router.get("/static/notifications.js", include_in_schema=False)
+def notifications_script() -> FileResponse:
+    return FileResponse(_APP_DIR / "static" / "notifications.js", media_type="text/javascript")
+
+
+@router.get("/static/notifications.css", include_in_schema=False)
+def notifications_style() -> FileResponse:
+    return FileResponse(_APP_DIR / "static" / "notifications.css", media_type="text/css")
