@@ -72,7 +72,7 @@ def frame_with(scene: Frame, person_at: tuple[int, int] | None, rng: np.random.G
         frame[y0 + head : y1, x0:x1] = [40, 40, 60]  # body
         cx, cy, r = (x0 + x1) // 2, y0 + head // 2, head // 2
         yy, xx = np.ogrid[: scene.shape[0], : scene.shape[1]]
-        frame[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = [120, 80, 60]  # head: dark hair, or the sky hides it
+        frame[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = [60, 40, 30]  # head: dark hair, or sky and grass hide it
     frame += rng.normal(0, 2, frame.shape).astype(np.int16)
     return np.clip(frame, 0, 255).astype(np.uint8)
 
