@@ -49,11 +49,11 @@ class MovableClock:
 class CameraLab:
     """ThingwardServer on a loop thread of its own; `enroll` makes a device dir (key, certificate, CA)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
         from thingward.platform import Platform, init_data_dir
         from thingward.server import ThingwardServer
 
-        init_data_dir(data_dir)
+        init_data_dir(data_dir, database_url=database_url)
         self.platform = Platform.open(data_dir)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="camera-lab-loop", daemon=True)
@@ -111,8 +111,9 @@ class CameraLab:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[CameraLab]:
-    started = CameraLab(tmp_path / "data")
+def lab(tmp_path: Path, database_url: str | None) -> Iterator[CameraLab]:
+    """SQLite, or PostgreSQL in the PostgreSQL run of a test marked both_databases."""
+    started = CameraLab(tmp_path / "data", database_url)
     try:
         yield started
     finally:

@@ -16,6 +16,8 @@ from thingward.device.camera import MotionCamera
 from thingward.registry.models import MotionEvent, Notification
 
 CAMERA = "cam-a"
+# Recipients, preferences, the listing and the per-camera retention are SQL: tried on both databases.
+pytestmark = pytest.mark.both_databases
 
 
 def _api(lab, method: str, path: str, token: str, accounts: Accounts, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
