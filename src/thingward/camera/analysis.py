@@ -153,7 +153,8 @@ def compare(previous: GrayFrame | None, current: GrayFrame, limits: AnalysisLimi
     factor = max(1, math.ceil(max(height, width) / limits.analysis_side))
     if height < factor or width < factor:
         factor = 1
-    difference = np.abs(_reduce(current, factor) - _reduce(previous, factor))
+    # Block means are linear: the mean of the difference is the difference of the means, at half the work.
+    difference = np.abs(_reduce(current - previous, factor))
     changed = difference > limits.pixel_threshold
     fraction = float(changed.mean()) if changed.size else 0.0
     if not changed.any():
