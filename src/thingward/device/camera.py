@@ -37,7 +37,7 @@ WIDTH, HEIGHT = 640, 480
 
 
 class CameraUploadError(ThingwardError):
-    """The device listener refused a grant or an upload; the message is the server's."""
+    """A grant, an upload or the motion event failed: the server's refusal, or why it could not be reached."""
 
 
 def still_scene(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> Frame:
@@ -96,13 +96,18 @@ class SnapshotUploader:
         self._client = httpx.Client(verify=context, timeout=timeout)
 
     def grant(self, content_type: str = "image/jpeg", max_bytes: int = 0) -> dict[str, Any]:
-        response = self._client.post(
-            f"{self.device_api}/device/v1/uploads", json={"content_type": content_type, "max_bytes": max_bytes}
-        )
+        url = f"{self.device_api}/device/v1/uploads"
+        try:
+            response = self._client.post(url, json={"content_type": content_type, "max_bytes": max_bytes})
+        except httpx.HTTPError as e:
+            raise CameraUploadError(f"cannot reach the device listener at {url}: {e}") from e
         return _json_or_raise(response, "asking for an upload URL")
 
     def put(self, grant: dict[str, Any], image: bytes) -> dict[str, Any]:
-        response = self._client.put(grant["url"], content=image, headers={"Content-Type": grant["content_type"]})
+        try:
+            response = self._client.put(grant["url"], content=image, headers={"Content-Type": grant["content_type"]})
+        except httpx.HTTPError as e:
+            raise CameraUploadError(f"uploading to the device listener failed: {e}") from e
         return _json_or_raise(response, "uploading the snapshot")
 
     def upload(self, image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
@@ -167,7 +172,10 @@ class MotionCamera:
         stored = self.uploader.upload(encode(frame_with(self._scene, person_at, self._noise)))
         self.stats.snapshots += 1
         info = self.device.publish_event("motion", {"upload_id": stored["upload_id"], "zone": "lawn"})
-        info.wait_for_publish(timeout=10)
+        try:
+            info.wait_for_publish(timeout=10)
+        except (RuntimeError, ValueError) as e:  # not connected, or paho's queue is full
+            raise CameraUploadError(f"the snapshot was uploaded but publishing its motion event failed: {e}") from e
         self.stats.motion_events += 1
         x0, y0, x1, y1 = person_box(*person_at, width, height)
         self.stats.last = {**stored, "person": {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}}
@@ -200,7 +208,7 @@ def run_motion_camera(
         try:
             last = camera.motion()
             camera.clear()
-        except (CameraUploadError, httpx.HTTPError) as e:
+        except CameraUploadError as e:
             camera.stats.errors += 1
             logger.warning("camera %s: %s", camera.name, e)
             continue
