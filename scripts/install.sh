@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 if [ "$want_test" = 1 ]; then
-    debs=(mosquitto mosquitto-clients softhsm2 opensc postgresql busybox-static openssh-server openssh-client nmap iproute2 openssl)
+    debs=(mosquitto mosquitto-clients softhsm2 opensc postgresql busybox-static openssh-server openssh-client nmap iproute2 openssl chromium)
     missing=()
     for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ "${#missing[@]}" -gt 0 ]; then
