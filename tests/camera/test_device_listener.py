@@ -255,3 +255,18 @@ def test_old_snapshots_are_deleted_past_the_per_camera_limit(lab) -> None:
     assert _snapshots(lab) == 2
     folder = lab.platform.settings.data_dir / "camera" / "snapshots" / "cam-a"
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{u}.jpg" for u in uploads[2:])
+
+
+def test_the_device_app_served_without_the_listener_refuses_everyone(lab) -> None:
+    """Mounted behind a listener that names no device (a mistake in wiring), it fails closed."""
+    import asyncio
+
+    from thingward.app.camera_api import create_device_app
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_device_app(lab.server.camera, lab.server.engine))
+        async with httpx.AsyncClient(transport=transport, base_url="https://device.test") as client:
+            return await client.post("/device/v1/uploads", json={})
+
+    response = asyncio.run(post())
+    assert response.status_code == 403 and "device certificate" in response.json()["error"]
