@@ -154,3 +154,29 @@ def _analysed(lab, snapshot_id: int) -> bool:  # type: ignore[no-untyped-def]
     with lab.platform.db.read() as session:
         found = session.execute(select(MotionEvent.id).where(MotionEvent.snapshot_id == snapshot_id)).first()
     return found is not None
+
+
+def test_a_closed_page_gives_its_stream_back(lab, home) -> None:
+    """A page closed (or reloaded) frees its place at once: else eight reloads would lock a person out."""
+    import socket
+
+    hub = lab.server.camera.hub
+    context = ssl.create_default_context(cafile=str(lab.platform.ca_certificate_path))
+    host, port = lab.endpoints.api.removeprefix("https://").rsplit(":", 1)
+    request = (
+        f"GET /api/v1/notifications/stream HTTP/1.1\r\nHost: {host}\r\n"
+        f"Cookie: {SESSION_COOKIE}={home.alice}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+    for _ in range(hub.max_per_person + 2):
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as page,
+        ):
+            page.sendall(request)
+            received = b""
+            while b"retry: 3000" not in received:
+                received += page.recv(4096)
+            assert received.startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+            assert hub.stream_count() == 1, _
+        assert _wait(lambda: hub.stream_count() == 0, timeout=5)
