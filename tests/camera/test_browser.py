@@ -74,6 +74,16 @@ def test_motion_appears_on_the_owners_open_page_with_the_marked_snapshot(lab, ho
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             alice.screenshot(path=str(SCREENSHOT), full_page=True)
 
+            # Alice turns this camera's motion off on the page: saved at once, and the next motion is silent.
+            alice.click(".tw-prefs summary")
+            alice.uncheck("input[data-thing='cam-a'][data-event-type='motion']")
+            alice.wait_for_selector("input[data-thing='cam-a'][data-saved='false']", timeout=5_000)
+            assert lab.server.camera.preferences(_user_id(lab, "alice@example.com"))[0].enabled is False
+            camera.motion((500, 440))
+            assert _wait_analysed(lab, 2), "the second motion was analysed"
+            alice.wait_for_timeout(300)
+            assert alice.locator(".tw-notification").count() == 1
+
             mallory = pages["mallory"]
             mallory.wait_for_timeout(500)
             assert mallory.locator(".tw-notification").count() == 0
@@ -81,3 +91,24 @@ def test_motion_appears_on_the_owners_open_page_with_the_marked_snapshot(lab, ho
             assert violations == []
         finally:
             browser.close()
+
+
+def _user_id(lab, email: str) -> int:  # type: ignore[no-untyped-def]
+    from thingward.accounts.service import user_by_email
+
+    with lab.platform.db.read() as session:
+        return int(user_by_email(session, email).id)
+
+
+def _wait_analysed(lab, count: int, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from thingward.registry.models import MotionEvent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lab.platform.db.read() as session:
+            if session.execute(select(func.count()).select_from(MotionEvent)).scalar_one() >= count:
+                return True
+        time.sleep(0.05)
+    return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import html
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thingward import __version__
 from thingward.accounts.service import AuthenticatedSession
-from thingward.app.session import accounts_of, require_user
+from thingward.app.session import accounts_of, require_user, session_token
 from thingward.broker.base import Authorizer
 from thingward.camera.analysis import CONTENT_TYPES, ImageRejectedError
 from thingward.camera.hub import TooManyStreamsError
@@ -404,6 +405,7 @@ _APP_DIR = PathLib(__file__).parent
 _PAGE = """<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{csrf}">
 <title>Notifications · thingward</title></head>
 <body>
 {partial}
@@ -428,10 +430,12 @@ def _templates() -> jinja2.Environment:
 
 
 @router.get("/notifications", include_in_schema=False, response_class=HTMLResponse)
-def notifications_page(_person: Person) -> HTMLResponse:
-    """The signed-in person's live notifications, on a page of their own."""
+def notifications_page(request: Request, _person: Person) -> HTMLResponse:
+    """The signed-in person's live notifications and their choices, on a page of their own."""
     partial = _templates().get_template("_notifications.j2").render()
-    return HTMLResponse(_PAGE.format(partial=partial), headers={"Cache-Control": "no-store", **PAGE_HEADERS})
+    csrf = html.escape(accounts_of(request).csrf_token(session_token(request)), quote=True)
+    page = _PAGE.format(partial=partial, csrf=csrf)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", **PAGE_HEADERS})
 
 
 @router.get("/static/notifications.js", include_in_schema=False)

@@ -74,6 +74,60 @@
     .then(function (body) { body.notifications.slice().reverse().forEach(function (n) { render(n, false); }); })
     .catch(function () { /* the stream below still works */ });
 
+  // Preferences: one checkbox per device and event type; a change is saved at once (with the CSRF token
+  // the page carries), and put back if the server refuses it.
+  var prefs = root.querySelector(".tw-prefs");
+  var prefsList = prefs.querySelector(".tw-prefs-list");
+  var prefsError = prefs.querySelector(".tw-prefs-error");
+  var prefsUrl = prefs.getAttribute("data-preferences");
+  var csrfMeta = document.querySelector("meta[name='csrf-token']");
+
+  function savePreference(box, pref) {
+    prefsError.hidden = true;
+    var headers = { "Content-Type": "application/json", Accept: "application/json" };
+    if (csrfMeta) { headers["X-CSRF-Token"] = csrfMeta.getAttribute("content"); }
+    var wanted = { thing: pref.thing, event_type: pref.event_type, enabled: box.checked };
+    fetch(prefsUrl, { method: "PUT", credentials: "same-origin", headers: headers, body: JSON.stringify({ preferences: [wanted] }) })
+      .then(function (response) {
+        if (!response.ok) {
+          return response.json().catch(function () { return {}; }).then(function (body) {
+            throw new Error(body.error || body.detail || ("the server answered " + response.status));
+          });
+        }
+        box.setAttribute("data-saved", String(box.checked));
+      })
+      .catch(function (error) {
+        box.checked = !box.checked;
+        prefsError.textContent = "Not saved: " + error.message;
+        prefsError.hidden = false;
+      });
+  }
+
+  function renderPreferences(list) {
+    prefsList.textContent = "";
+    prefs.querySelector(".tw-prefs-empty").hidden = list.length > 0;
+    list.forEach(function (pref) {
+      var item = document.createElement("li");
+      var label = document.createElement("label");
+      var box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = pref.enabled;
+      box.name = pref.thing + ":" + pref.event_type;
+      box.setAttribute("data-thing", pref.thing);
+      box.setAttribute("data-event-type", pref.event_type);
+      box.addEventListener("change", function () { savePreference(box, pref); });
+      label.appendChild(box);
+      label.appendChild(document.createTextNode(" " + pref.event_type + " on " + pref.thing));
+      item.appendChild(label);
+      prefsList.appendChild(item);
+    });
+  }
+
+  fetch(prefsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    .then(function (response) { return response.ok ? response.json() : { preferences: [] }; })
+    .then(function (body) { renderPreferences(body.preferences); })
+    .catch(function () { /* the notifications still work */ });
+
   if (!window.EventSource) { setStatus("off", "live updates need a newer browser"); return; }
   var source = new EventSource(root.getAttribute("data-stream"));
   source.addEventListener("open", function () { setStatus("live", "live"); });
