@@ -30,6 +30,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     http_port: int = 8443
     hostnames: tuple[str, ...] = ()
+    # The device listener (camera snapshot uploads): HTTPS that requires a device certificate.
+    device_port: int = 8444
 
 
 BROKERS = ("embedded", "mosquitto")
@@ -338,6 +340,7 @@ def render_default_config(hostnames: tuple[str, ...], ca_passphrase_env: str, da
 host = "127.0.0.1"
 http_port = 8443
 hostnames = [{hosts}]
+device_port = 8444                # device uploads: HTTPS with a device certificate required
 
 [mqtt]
 port = 8883

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 
 from thingward.app.api import create_app
+from thingward.app.camera_api import create_device_app
 from thingward.app.https import https_server
 from thingward.app.metrics import Metrics
 from thingward.audit.service import run_audit
@@ -26,6 +27,8 @@ from thingward.broker.base import Broker, BrokerLimits, BrokerTls, InboundMessag
 from thingward.broker.decisions import HookDecisions, load_certified_things
 from thingward.broker.embedded import EmbeddedBroker
 from thingward.broker.mosquitto import ManagedMosquitto
+from thingward.camera.listener import DeviceListener
+from thingward.camera.service import CameraService
 from thingward.ingest.writer import MessageWriter
 from thingward.live import LIVE_STATE_FILE, WRITE_INTERVAL, live_state, write_live_state
 from thingward.ota.repository import OtaRepository
@@ -50,9 +53,15 @@ class Endpoints:
     mqtt: str
     api: str
     ca_certificate: str
+    device_api: str = ""  # the device listener: HTTPS with a device certificate required (camera uploads)
 
     def to_dict(self) -> dict[str, str]:
-        return {"mqtt": self.mqtt, "api": self.api, "ca_certificate": self.ca_certificate}
+        return {
+            "mqtt": self.mqtt,
+            "api": self.api,
+            "ca_certificate": self.ca_certificate,
+            "device_api": self.device_api,
+        }
 
 
 class _ServerCollector(Collector):
@@ -104,8 +113,15 @@ def _revoked_certificates(platform: Platform) -> dict[str, str]:
 
 class ThingwardServer:
     def __init__(
-        self, platform: Platform, host: str, mqtt_port: int, http_port: int, broker: str | None = None
+        self,
+        platform: Platform,
+        host: str,
+        mqtt_port: int,
+        http_port: int,
+        broker: str | None = None,
+        device_port: int | None = None,
     ) -> None:
+        """`device_port` None: the config's `[server] device_port`, or a free port when `http_port` is 0."""
         self.platform = platform
         self.host = host
         settings = platform.settings
@@ -125,6 +141,7 @@ class ThingwardServer:
         self._revoked = _revoked_certificates(platform)
         self.writer = MessageWriter(platform.db, settings.ingest.retention_per_thing)
         self.rollouts = RolloutScheduler(platform.db)
+        self.camera = CameraService.for_platform(platform)
         tls = BrokerTls(
             cert_file=platform.server_certificate_path,
             key_file=platform.server_key_path,
@@ -164,17 +181,27 @@ class ThingwardServer:
             )
         self.metrics.registry.register(_ServerCollector(self))
         app = create_app(
-            platform, self.metrics, after_enroll=self._sync_from_thread, hook_decisions=self.hook_decisions
+            platform,
+            self.metrics,
+            after_enroll=self._sync_from_thread,
+            hook_decisions=self.hook_decisions,
+            camera=self.camera,
         )
         self._http = https_server(app, host, http_port, platform.server_certificate_path, platform.server_key_path)
+        if device_port is None:
+            device_port = 0 if http_port == 0 else settings.server.device_port
+        self.device_listener = DeviceListener(create_device_app(self.camera, self.engine), host, device_port, tls)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply_lock = asyncio.Lock()
         self._crl_written_at = dt.datetime.now(dt.UTC)
 
     def _on_message(self, message: InboundMessage) -> None:
+        """The broker's sink: messages are stored; OTA job reports go to the rollout scheduler and motion
+        events to the camera service's queue."""
         self.writer(message)
         self.rollouts.on_message(message)
+        self.camera.on_message(message)
 
     def _sync_from_thread(self) -> None:
         """Called by API handlers in the thread pool: apply registry changes on the loop and wait for it."""
@@ -199,6 +226,7 @@ class ThingwardServer:
             mqtt=f"mqtts://{host}:{self.broker.port}",
             api=f"https://{host}:{self.http_port}",
             ca_certificate=str(self.platform.ca_certificate_path),
+            device_api=f"https://{host}:{self.device_listener.port}",
         )
 
     async def start(self) -> Endpoints:
@@ -207,13 +235,16 @@ class ThingwardServer:
         await asyncio.to_thread(self.platform.write_crl)
         self._crl_written_at = dt.datetime.now(dt.UTC)
         self.writer.start()
+        self.camera.start()
         await self.broker.start()
         self._tasks.append(asyncio.create_task(self._http.serve(), name="thingward-https"))
+        self._tasks.append(asyncio.create_task(self.device_listener.serve(), name="thingward-device-https"))
         async with asyncio.timeout(STARTUP_TIMEOUT):
-            while not self._http.started:
-                if self._tasks[0].done():
-                    self._tasks[0].result()
-                    raise RuntimeError("the HTTPS server stopped during start-up")
+            while not (self._http.started and self.device_listener.started):
+                for task in self._tasks:
+                    if task.done():
+                        task.result()
+                        raise RuntimeError(f"{task.get_name()} stopped during start-up")
                 await asyncio.sleep(0.02)
         self._tasks.append(asyncio.create_task(self._watch(), name="thingward-watch"))
         if self.platform.settings.audit.interval_minutes > 0:
@@ -225,7 +256,9 @@ class ThingwardServer:
         return self.endpoints()
 
     async def stop(self) -> None:
+        await self.camera.stop()  # ends the live notification streams, which would hold the HTTPS server open
         self._http.should_exit = True
+        self.device_listener.stop()
         for task in reversed(self._tasks):
             if task.get_name() in {"thingward-watch", "thingward-audit", "thingward-ota-refresh", "thingward-rollouts"}:
                 task.cancel()
@@ -313,6 +346,7 @@ class ThingwardServer:
         if now - self._crl_written_at > CRL_REFRESH:
             await asyncio.to_thread(self.platform.write_crl)
             self.broker.reload_crl()
+            self.device_listener.reload_crl()
             self._crl_written_at = now
         with self.platform.db.read() as session:
             newest = latest_event_id(session)
@@ -336,6 +370,7 @@ class ThingwardServer:
             # and writes the file after, so reloading its file now could miss the new serial.
             await asyncio.to_thread(self.platform.write_crl)
             self.broker.reload_crl()
+            self.device_listener.reload_crl()
         self._revoked = revoked
         # Every newly revoked thing, connected or not: a connection may sit between handshake and CONNECT.
         for thing in sorted(newly_revoked_things - self.broker.connected_things()):

@@ -25,6 +25,7 @@ class ServerProcess:
     api: str
     ca: Path
     process: subprocess.Popen[str]
+    device_api: str = ""  # the device listener (camera uploads), HTTPS with a device certificate
 
 
 def read_line(process: subprocess.Popen[str], timeout: float) -> str:
@@ -52,7 +53,14 @@ def serving(data_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Se
     try:
         endpoints = json.loads(read_line(process, START_TIMEOUT))
         host, port = endpoints["mqtt"].removeprefix("mqtts://").rsplit(":", 1)
-        yield ServerProcess(host, int(port), endpoints["api"], Path(endpoints["ca_certificate"]), process)
+        yield ServerProcess(
+            host,
+            int(port),
+            endpoints["api"],
+            Path(endpoints["ca_certificate"]),
+            process,
+            endpoints.get("device_api", ""),
+        )
     finally:
         process.send_signal(signal.SIGINT)
         try:

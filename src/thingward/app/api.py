@@ -18,11 +18,13 @@ from thingward.accounts.errors import AuthenticationError, InvalidTokenError, Pe
 from thingward.accounts.mail import Mailer, MailError, QueuedMailer, mailer_from_settings
 from thingward.accounts.service import Accounts
 from thingward.app.broker_hooks import hooks_router
+from thingward.app.camera_api import router as camera_router
 from thingward.app.metrics import Metrics
 from thingward.app.onboarding_api import onboarding_router
 from thingward.app.throttle import FailureThrottle
 from thingward.app.web import install_web
 from thingward.broker.decisions import HookDecisions
+from thingward.camera.service import CameraService
 from thingward.config import SmtpSettings
 from thingward.errors import (
     ConflictError,
@@ -97,9 +99,11 @@ def create_app(
     after_enroll: Callable[[], None] | None = None,
     accounts: Accounts | None = None,
     hook_decisions: HookDecisions | None = None,
+    camera: CameraService | None = None,
 ) -> FastAPI:
     """The API. `after_enroll` runs before a 201 is sent, so the data plane knows the device when it connects.
-    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`.
+    `accounts` (default: the platform's, mailing by its [smtp] settings) is at `app.state.accounts`;
+    `camera` (default: a new one with its own notification hub) at `app.state.camera`.
     With `hook_decisions` and a `[hooks]` secret, the broker hooks are served under /hooks."""
     metrics = metrics or Metrics()
     throttle = FailureThrottle()
@@ -111,6 +115,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.accounts = accounts or Accounts.for_platform(platform, mailer=web_mailer(platform.settings.smtp))
+    # The camera journey (snapshots, notifications); the server passes the one its message path feeds.
+    app.state.camera = camera or CameraService.for_platform(platform)
+    app.include_router(camera_router)
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(RequestValidationError)

@@ -14,6 +14,7 @@ import typer
 
 from thingward import __version__
 from thingward.cli import audit, device, group, model, onboard, ota, policy, scan, user
+from thingward.cli import camera as camera_cli
 from thingward.cli.common import DataDir, JsonFlag, console, emit, handle_errors, open_platform
 from thingward.config import BROKERS
 from thingward.errors import ConfigError
@@ -33,6 +34,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(model.app, name="model")
 app.add_typer(ota.app, name="ota")
 app.add_typer(user.app, name="user")
+app.add_typer(camera_cli.app, name="camera")
 app.command("scan")(scan.scan)
 app.command("onboard")(onboard.onboard)
 device.app.command("label")(onboard.label_command)
@@ -92,6 +94,7 @@ async def _serve(
     http_port: int | None,
     as_json: bool,
     broker: str | None = None,
+    device_port: int | None = None,
 ) -> None:
     from thingward.server import ThingwardServer
 
@@ -103,6 +106,7 @@ async def _serve(
         settings.mqtt.port if mqtt_port is None else mqtt_port,
         settings.server.http_port if http_port is None else http_port,
         broker=broker,
+        device_port=device_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +121,7 @@ async def _serve(
             console.print(
                 f"MQTT over mTLS: {endpoints.mqtt}\n"
                 f"HTTPS API:      {endpoints.api}\n"
+                f"Device uploads: {endpoints.device_api} (device certificate required)\n"
                 f"CA:             {endpoints.ca_certificate}"
             )
         await stop.wait()
@@ -144,12 +149,20 @@ def serve(
             "--broker", help="The MQTT data plane: embedded, or a managed mosquitto [default: from config, embedded]."
         ),
     ] = None,
+    device_port: Annotated[
+        int | None,
+        typer.Option(
+            "--device-port",
+            help="Device upload port (HTTPS, device certificate required); 0 picks a free one "
+            "[default: 8444, or a free one with --http-port 0].",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the broker (MQTT over mutual TLS only) and the HTTPS API until interrupted."""
+    """Run the broker (MQTT over mutual TLS only), the HTTPS API and the device listener until interrupted."""
     if broker is not None and broker not in BROKERS:
         raise ConfigError(f"--broker {broker!r}: use one of {', '.join(BROKERS)}")
-    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json, broker))
+    asyncio.run(_serve(data_dir, host, mqtt_port, http_port, as_json, broker, device_port))
 
 
 @app.command("simulate")

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -479,3 +480,93 @@ class ClaimToken(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     thing_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the thing it enrolled
+
+
+# --- camera journey: uploads, snapshots, motion analyses, notifications (migration 0010) ---
+
+
+class CameraUploadGrant(Base):
+    """A short-lived, single-use upload URL issued to one camera: its secret is stored as a SHA-256 only."""
+
+    __tablename__ = "camera_upload_grants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upload_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False, index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    content_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    max_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class CameraSnapshot(Base):
+    """An image a camera uploaded; the file is in the data dir (`path`, relative), checked and bounded."""
+
+    __tablename__ = "camera_snapshots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    upload_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    content_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    path: Mapped[str] = mapped_column(String(256), nullable=False)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_camera_snapshots_thing_id_id", "thing_id", "id"),)
+
+
+class MotionEvent(Base):
+    """The analysis of one snapshot against the camera's previous one: how much changed, and where."""
+
+    __tablename__ = "motion_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False, index=True)
+    snapshot_id: Mapped[int] = mapped_column(
+        ForeignKey("camera_snapshots.id", ondelete="CASCADE"), unique=True, nullable=False
+    )
+    previous_snapshot_id: Mapped[int | None] = mapped_column(
+        ForeignKey("camera_snapshots.id", ondelete="SET NULL"), nullable=True
+    )
+    motion: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    changed_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The changed region in the snapshot's pixels (x, y, width, height); None when nothing changed.
+    region_x: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    region_y: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    region_width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    region_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    annotated_path: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    analysed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class NotificationPreference(Base):
+    """A person's choice for one thing and event type; without a row, events of things they see notify them."""
+
+    __tablename__ = "notification_preferences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+    __table_args__ = (UniqueConstraint("user_id", "thing_id", "event_type", name="uq_notification_preferences"),)
+
+
+class Notification(Base):
+    """What one person was told: a motion event on a thing they may see."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    thing_id: Mapped[int] = mapped_column(ForeignKey("things.id", ondelete="CASCADE"), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    motion_event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("motion_events.id", ondelete="CASCADE"), nullable=True
+    )
+    message: Mapped[str] = mapped_column(String(512), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_notifications_user_id_id", "user_id", "id"),)

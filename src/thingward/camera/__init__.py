@@ -1,0 +1,1 @@
+"""The camera journey: snapshots uploaded over mutual TLS, motion analysed, the people who may see it told."""
