@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +35,11 @@ DEMO_STATES = {
     "backyard-cam": DeviceState(SIMULATED_MODEL, "1.0.3", ListeningPorts(tcp=(23, 443), udp=(5353,))),
 }
 DEMO_ADVISORY = "TW-DEMO-2026-01"
+# The camera of the app journey: it sees a person every few seconds, uploads the snapshot over its own
+# mutual TLS, and the people it is shared with see the marked snapshot live on their open pages.
+DEMO_MOTION_CAMERA = "front-porch-cam"
+DEMO_MOTION_INTERVAL = 6.0
+DEMO_HOUSEHOLD = "demo-household"
 
 
 class EventLog:
@@ -229,6 +236,73 @@ def _prepare_fleet_facts(platform: Platform) -> None:
         )
 
 
+def _share_with_household(platform: Platform, email: str, things: list[str]) -> bool:
+    """The demo household: the first admin in a user group the demo's cameras are shared with (as owner),
+    so their pages list the cameras and get the motion notifications. False if that person is not there."""
+    from thingward.accounts import sharing
+    from thingward.accounts.service import user_by_email
+    from thingward.errors import ConflictError, NotFoundError
+    from thingward.platform import cli_actor
+    from thingward.registry.things import get_thing
+
+    with platform.db.session() as session:
+        try:
+            user = user_by_email(session, email)
+        except NotFoundError:
+            return False
+        with contextlib.suppress(ConflictError):
+            sharing.add_user_group(session, cli_actor(), DEMO_HOUSEHOLD, "the demo's household")
+        with contextlib.suppress(ConflictError):
+            sharing.add_member(session, cli_actor(), DEMO_HOUSEHOLD, user)
+        for name in things:
+            groups = {group for group, _role in sharing.shares_of(session, get_thing(session, name))}
+            if DEMO_HOUSEHOLD not in groups:  # a second run of the demo writes no second audit event
+                sharing.share_thing(session, cli_actor(), name, DEMO_HOUSEHOLD, "owner")
+    return True
+
+
+def _start_motion_camera(
+    platform: Platform, endpoints: Any, stop: threading.Event, log: EventLog
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """The motion camera in a thread of its own until `stop`; returns the thread and its running figures."""
+    from thingward.device.camera import simulate_camera
+
+    figures: dict[str, Any] = {"motion_events": 0, "errors": 0}
+    parsed = urlsplit(endpoints.mqtt)
+
+    def on_motion(last: dict[str, Any]) -> None:
+        figures["motion_events"] += 1
+        person = last.get("person", {})
+        log.add(
+            f"[bold]{DEMO_MOTION_CAMERA}[/]: someone at the door -> snapshot uploaded over mutual TLS, motion "
+            f"published; the cloud compares it and notifies the household (person at {person.get('x')},"
+            f"{person.get('y')})"
+        )
+
+    def run() -> None:
+        try:
+            stats = simulate_camera(
+                platform,
+                DEMO_MOTION_CAMERA,
+                endpoints.api,
+                endpoints.device_api,
+                parsed.hostname or "127.0.0.1",
+                parsed.port or 8883,
+                interval=DEMO_MOTION_INTERVAL,
+                stop=stop,
+                on_motion=on_motion,
+            )
+            figures.update(snapshots=stats.snapshots, errors=stats.errors)
+        except Exception as e:  # the rest of the demo goes on; say what failed
+            figures["errors"] += 1
+            figures["failure"] = str(e)
+            log.add(f"[red]{DEMO_MOTION_CAMERA} stopped: {e}[/]")
+
+    thread = threading.Thread(target=run, name="demo-motion-camera", daemon=True)
+    thread.start()
+    return thread, figures
+
+
 def _audit_summary(platform: Platform) -> dict[str, Any]:
     """Run the fleet audit and keep what the demo shows: counts by severity and the worst findings."""
     import datetime as dt
@@ -273,8 +347,23 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
         + ("Ctrl-C stops everything." if duration <= 0 else f"Stops after {duration:.0f} s.")
     )
     log = EventLog()
+    web: dict[str, Any] = {"url": f"{endpoints.api}/login"}
+    if first_admin is not None:
+        web.update(admin_email=first_admin.email, admin_password=first_admin.password)
+    motion_thread: threading.Thread | None = None
+    motion: dict[str, Any] = {}
 
     try:
+        from thingward.app.web.first_run import FIRST_ADMIN_EMAIL
+
+        things = [*DEMO_CAMERAS, DEMO_MOTION_CAMERA]
+        await asyncio.to_thread(provision_cameras, platform, endpoints.api, things)
+        web["household"] = await asyncio.to_thread(_share_with_household, platform, FIRST_ADMIN_EMAIL, things)
+        if not live:
+            # Scripts (and the browser test) learn where to sign in before the run ends; stdout keeps the
+            # one summary object.
+            print(json.dumps({"event": "ready", "web": web}), file=sys.stderr, flush=True)
+        motion_thread, motion = _start_motion_camera(platform, endpoints, stop, log)
         result = await asyncio.to_thread(
             _run_cameras,
             platform,
@@ -289,16 +378,25 @@ async def run_demo(data_dir: Path, duration: float, live: bool) -> dict[str, Any
             True,
             DEMO_STATES,
         )
+        stop.set()
+        await asyncio.to_thread(motion_thread.join, 30)
         audit = await asyncio.to_thread(_audit_summary, platform)
     finally:
+        stop.set()
+        if motion_thread is not None and motion_thread.is_alive():
+            await asyncio.to_thread(motion_thread.join, 30)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await server.stop()
         platform.close()
-    web = {"url": f"{endpoints.api}/login"}
-    if first_admin is not None:
-        web.update(admin_email=first_admin.email, admin_password=first_admin.password)
-    return {"data_dir": str(platform.settings.data_dir), **endpoints.to_dict(), **result, "audit": audit, "web": web}
+    return {
+        "data_dir": str(platform.settings.data_dir),
+        **endpoints.to_dict(),
+        **result,
+        "motion_camera": {"name": DEMO_MOTION_CAMERA, **motion},
+        "audit": audit,
+        "web": web,
+    }
 
 
 def _web_app_lines(api: str, first_admin: FirstAdmin | None) -> str:
@@ -308,4 +406,7 @@ def _web_app_lines(api: str, first_admin: FirstAdmin | None) -> str:
             f"First admin: {first_admin.email}  password (shown once, change it at the first sign-in): "
             f"[bold]{first_admin.password}[/]\n"
         )
-    return lines
+    return lines + (
+        f"Sign in there: {DEMO_MOTION_CAMERA} sees someone every {DEMO_MOTION_INTERVAL:.0f} s and the marked snapshot "
+        "shows up live on your open page.\n"
+    )
