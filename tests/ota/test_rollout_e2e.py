@@ -177,6 +177,26 @@ def test_rollout_succeeds_and_a_failing_health_check_rolls_back(served: Served, 
     assert fleet.agents["ok-0"].stats.restarts == 1
 
 
+def test_twenty_devices_in_three_waves_end_on_the_new_version(served: Served, fleet: Fleet, tmp_path: Path) -> None:
+    names = [f"fleet-{i:02d}" for i in range(20)]
+    for name in names:
+        fleet.add(name, "cam-w", "2.0.0", "group-w")
+    publish(served, tmp_path, "cam-w", "2.1.0")
+    created = cli(
+        served,
+        *("ota", "rollout", "create", "--model", "cam-w", "--version", "2.1.0", "--group", "group-w"),
+        *("--waves", "10,50,100", "--max-per-minute", "600", "--timeout", "120"),
+    )
+    assert (created["devices"], created["wave_sizes"]) == (20, [2, 8, 10])
+    shown = settled(served, created["id"])
+    assert shown["state"] == "completed"
+    assert shown["counts"]["succeeded"] == 20
+    assert {j["wave"] for j in shown["jobs"]} == {1, 2, 3}
+    for name in names:
+        assert fleet.agents[name].updater.running_version == "2.1.0"
+        assert wait_for(lambda name=name: reported_version(served, name) == "2.1.0", 10), name
+
+
 def test_failures_abort_the_rollout_and_queued_devices_end_canceled(
     served: Served, fleet: Fleet, tmp_path: Path
 ) -> None:
