@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import pyotp
 import pytest
-from lab.browser import chromium, screenshot
 
+from lab.browser import chromium, screenshot
 from thingward.cli.demo import DEMO_CAMERAS, DEMO_MOTION_CAMERA
 
 if TYPE_CHECKING := False:  # playwright is imported lazily by lab.browser (a machine without chromium skips)
