@@ -78,6 +78,11 @@
       let body = null;
       try {
         const response = await fetch("/api/v1/claims/" + encodeURIComponent(id), { credentials: "same-origin" });
+        if (response.status === 401 || response.status === 404) {
+          show("This page can no longer follow the claim (signed out?): sign in and check your devices.", "warn",
+               { href: "/devices", text: "Your devices" });
+          return;
+        }
         if (response.ok) body = await response.json();
       } catch (e) {
         body = null;
