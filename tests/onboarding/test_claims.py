@@ -164,8 +164,10 @@ def test_claims_need_a_token_with_the_control_scope_or_a_session(claim_api: Clai
     with claim_api.client(cookie="forged") as client:
         assert client.post("/api/v1/claims", json={}).status_code == 401
     session = signed_in(claim_api.accounts, inbox, "alice@example.com")
+    csrf = claim_api.accounts.csrf_token(session.session_token)
     with claim_api.client(cookie=session.session_token) as client:
-        response = client.post("/api/v1/claims", json={"device_id": "cam-3"})
+        assert client.post("/api/v1/claims", json={"device_id": "cam-3"}).status_code == 403  # no CSRF token
+        response = client.post("/api/v1/claims", json={"device_id": "cam-3"}, headers={"X-CSRF-Token": csrf})
     assert response.status_code == 201 and response.json()["device_id"] == "cam-3"
 
 

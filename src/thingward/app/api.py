@@ -33,6 +33,7 @@ from thingward.errors import (
     NotFoundError,
     ThingwardError,
 )
+from thingward.onboarding.claims import Claims
 from thingward.ota.repository import OtaRepository
 from thingward.pki.ca import certificate_pem
 from thingward.pki.csr import MAX_CSR_BYTES
@@ -216,6 +217,7 @@ def create_app(
             )
         )
     app.include_router(onboarding_router(platform, after_enroll))
+    app.state.claims = Claims(platform)  # the "Add a device" page mints claims too
     install_web(app)
 
     @app.get("/metrics", include_in_schema=False)

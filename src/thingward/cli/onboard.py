@@ -52,8 +52,21 @@ def onboard(
     ],
     url: Annotated[str, typer.Option("--url", help="The platform's URL, e.g. https://iot.example.com:8443")],
     api_token_file: Annotated[
-        Path, typer.Option("--api-token-file", help="A file holding your API token (scope things:control).")
-    ],
+        Path | None,
+        typer.Option(
+            "--api-token-file",
+            help="A file holding your API token (scope things:control): the CLI "
+            "asks for a claim and waits until the device is online.",
+        ),
+    ] = None,
+    claim_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--claim-token-file",
+            help="A file holding a claim token from the web page (Devices > Add a "
+            "device) instead of --api-token-file: the page shows when the device enrolled.",
+        ),
+    ] = None,
     ap_address: Annotated[
         str,
         typer.Option(
@@ -71,10 +84,19 @@ def onboard(
     bound to the label's code), and wait until it is enrolled and online."""
     from thingward.onboarding.companion import PlatformClient, onboard_device
 
+    if (api_token_file is None) == (claim_token_file is None):
+        raise InvalidInputError(
+            "give either --api-token-file (the CLI asks the platform for a claim) or --claim-token-file "
+            "(a claim token the web page showed you), " + ("not both" if api_token_file else "one of them")
+        )
     parsed = parse_label(label)
     passphrase = _read_secret_file(wifi_passphrase_file, "Wi-Fi passphrase")
-    token = _read_secret_file(api_token_file, "API token")
     host, port = _address(ap_address, PROVISIONING_PORT)
+    if claim_token_file is not None:
+        _hand_over_claim(parsed, wifi_ssid, passphrase, claim_token_file, host, port, as_json)
+        return
+    assert api_token_file is not None
+    token = _read_secret_file(api_token_file, "API token")
     platform = PlatformClient(url, token, ca_certificate)
     try:
         if as_json:
@@ -90,6 +112,30 @@ def onboard(
         console.print(f"[green]{result.thing}[/green] ({result.model}) is enrolled, online and yours.")
 
     emit(as_json, result.to_dict(), human)
+
+
+def _hand_over_claim(label: DeviceLabel, ssid: str, passphrase: str, claim_token_file: Path, host: str, port: int,
+                     as_json: bool) -> None:  # fmt: skip
+    from thingward.onboarding.claims import CLAIM_PREFIX
+    from thingward.onboarding.companion import hand_over
+
+    claim_token = _read_secret_file(claim_token_file, "claim token").strip()
+    if not claim_token.startswith(CLAIM_PREFIX):
+        raise InvalidInputError(
+            f"{claim_token_file} does not hold a claim token ('{CLAIM_PREFIX}...'): copy the one the web page showed"
+        )
+    if as_json:
+        model = hand_over(label, ssid, passphrase, claim_token, host, port)
+    else:
+        with console.status("onboarding") as status:
+            model = hand_over(label, ssid, passphrase, claim_token, host, port, lambda text: status.update(text))
+    result = {"device_id": label.device_id, "model": model, "handed_over": True}
+
+    def human() -> None:
+        console.print(f"[green]{label.device_id}[/green] ({model}) has the Wi-Fi and the claim and is joining: "
+                      "the web page shows when it is enrolled.")  # fmt: skip
+
+    emit(as_json, result, human)
 
 
 def label_command(

@@ -1,7 +1,8 @@
-"""What the companion app does to onboard a device, as a service function (`thingward onboard` and the
-web page call it): get a claim token from the platform, talk to the device over its access point inside
+"""What the companion app does to onboard a device, as a service function (`thingward onboard` calls
+it): get a claim token from the platform, talk to the device over its access point inside
 the PoP-bound session, hand over the Wi-Fi credentials and the claim, apply, and wait until the platform
-says the device enrolled and reported in."""
+says the device enrolled and reported in. `hand_over` is the middle part alone, for a claim the web page
+minted (the page, not the CLI, then follows the claim)."""
 
 from __future__ import annotations
 
@@ -97,8 +98,7 @@ def onboard_device(
     say("asking the platform for a claim token")
     claim = platform.create_claim(label.device_id)
     claim_id, token = int(str(claim["id"])), str(claim["token"])
-    say(f"talking to {label.device_id} on its access point {ap_host}:{ap_port}")
-    model = asyncio.run(_provision(label, ap_host, ap_port, ssid, passphrase, token, say))
+    model = hand_over(label, ssid, passphrase, token, ap_host, ap_port, say)
     say("waiting for the device to enroll and come online")
     deadline = time.monotonic() + timeout
     status: dict[str, object] = {}
@@ -114,6 +114,16 @@ def onboard_device(
         f"the device joined the Wi-Fi but did not {'come online' if status.get('state') == 'enrolled' else 'enroll'}"
         f" within {timeout:g} s: check that it can reach the platform"
     )
+
+
+def hand_over(label: DeviceLabel, ssid: str, passphrase: str, claim_token: str, ap_host: str, ap_port: int,
+              progress: Progress | None = None) -> str:  # fmt: skip
+    """The device's half only: Wi-Fi and a claim token minted elsewhere (the web page), over the PoP-bound
+    session; the device's model. Whoever minted the claim follows it (`GET /api/v1/claims/{id}`)."""
+    say = progress or (lambda _text: None)
+    check_credentials(ssid, passphrase)
+    say(f"talking to {label.device_id} on its access point {ap_host}:{ap_port}")
+    return asyncio.run(_provision(label, ap_host, ap_port, ssid, passphrase, claim_token, say))
 
 
 async def _provision(label: DeviceLabel, host: str, port: int, ssid: str, passphrase: str, token: str,

@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thingward.app.security import CsrfGuard, SecurityHeaders
-from thingward.app.web import account_pages, admin_pages, device_pages
+from thingward.app.web import account_pages, admin_pages, device_pages, onboarding_pages
 from thingward.app.web.pending import PendingSignIns
 from thingward.app.web.render import PageNotFound, PageRedirect, redirect, render
 
@@ -33,6 +33,7 @@ def install_web(app: FastAPI) -> None:
     app.include_router(devices_router)
     app.include_router(admin_router)
     app.include_router(account_pages.router)
+    app.include_router(onboarding_pages.router)  # before /devices/{name}: '/devices/add' is this page
     app.include_router(device_pages.router)
     app.include_router(admin_pages.router)
     app.mount("/static", StaticFiles(directory=str(files("thingward.app") / "static")), name="static")
