@@ -17,7 +17,7 @@ from pathlib import Path
 
 import h11
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_DEADLINE = 15.0
@@ -64,14 +64,25 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def https_server(app: FastAPI, host: str, port: int, cert_file: Path, key_file: Path) -> uvicorn.Server:
+def https_server(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    cert_file: Path,
+    key_file: Path,
+    *,
+    protocol: type[DeadlineH11Protocol] = DeadlineH11Protocol,
+    tls_context: ssl.SSLContext | None = None,
+) -> uvicorn.Server:
+    """uvicorn over TLS with the limits above. `tls_context` replaces the context uvicorn builds (the device
+    listener's requires client certificates); `protocol` may extend the deadline protocol."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         ssl_certfile=str(cert_file),
         ssl_keyfile=str(key_file),
-        http=DeadlineH11Protocol,
+        http=protocol,
         proxy_headers=False,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=KEEP_ALIVE,
@@ -83,6 +94,8 @@ def https_server(app: FastAPI, host: str, port: int, cert_file: Path, key_file: 
     config.load()
     if config.ssl is None:
         raise RuntimeError("uvicorn built no TLS context; refusing to serve plain HTTP")
+    if tls_context is not None:
+        config.ssl = tls_context
     # Do not rely on the system's OpenSSL policy for the floor: state it here.
     config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     return uvicorn.Server(config)

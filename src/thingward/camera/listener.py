@@ -18,10 +18,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from thingward.app.https import KEEP_ALIVE, MAX_CONNECTIONS, DeadlineH11Protocol
+from thingward.app.https import DeadlineH11Protocol, https_server
 from thingward.broker._tls import IdentityRefusedError, PeerIdentity, ServerTls
 from thingward.broker.base import Action, BrokerTls
 from thingward.policy.engine import PolicyEngine
@@ -73,25 +72,17 @@ class DeviceListener:
 
     def __init__(self, app: ASGIApp, host: str, port: int, tls: BrokerTls) -> None:
         self.tls = ServerTls(tls)
-        config = uvicorn.Config(
+        # uvicorn would build a context that asks for no client certificate; ours requires one and checks
+        # the CRL.
+        self.server = https_server(
             app,
-            host=host,
-            port=port,
-            ssl_certfile=str(tls.cert_file),
-            ssl_keyfile=str(tls.key_file),
-            http=_protocol(self.tls),
-            proxy_headers=False,
-            limit_concurrency=MAX_CONNECTIONS,
-            timeout_keep_alive=KEEP_ALIVE,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
+            host,
+            port,
+            tls.cert_file,
+            tls.key_file,
+            protocol=_protocol(self.tls),
+            tls_context=self.tls.listening_context,
         )
-        config.load()
-        # uvicorn built a context that asks for no client certificate; ours requires one and checks the CRL.
-        config.ssl = self.tls.listening_context
-        self.server = uvicorn.Server(config)
 
     def reload_crl(self) -> None:
         self.tls.reload_crl()
