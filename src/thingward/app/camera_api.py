@@ -344,6 +344,11 @@ async def notification_stream(request: Request, person: Person) -> Response:
                     continue
                 if item is None:
                     return
+                # Checked before each delivery too, not only when idle: a page left open after signing out
+                # (elsewhere, or by a session ended from another browser) must not get the next motion.
+                alive = await asyncio.to_thread(_session_alive, camera, person.session_id, idle_seconds)
+                if not alive:
+                    return
                 yield _sse(item)
         finally:
             camera.hub.unsubscribe(subscription)
