@@ -42,7 +42,7 @@ from lab.accounts import PASSWORD, Inbox, smtp_server
 from thingward.accounts import sharing
 from thingward.accounts.mail import SmtpMailer
 from thingward.accounts.service import Accounts, user_by_email
-from thingward.app.session import SESSION_COOKIE
+from thingward.app.session import BROWSER_COOKIE, SESSION_COOKIE
 from thingward.device.camera import MotionCamera, SnapshotUploader, encode, still_scene
 from thingward.device.client import client_tls_context
 from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
@@ -480,6 +480,32 @@ def test_session_fixation_by_a_planted_cookie_is_refused(lab: Lab) -> None:
     assert found is not None and found.user.id == mallory.id
 
 
+def test_another_persons_verified_browser_cookie_does_not_skip_the_mailed_code(lab: Lab) -> None:
+    """Mallory's own `__Host-thingward_browser` cookie (her browser is verified) vouches for her account only:
+    with alice's stolen password it still takes the code mailed to alice."""
+    alice, mallory = lab.person(), lab.person("joneses")
+    first = lab.accounts.login(mallory.email, PASSWORD, ip="127.0.0.1", user_agent="Firefox")
+    code = lab.inbox.code_in_last(mallory.email) if first.outcome == "need_email_code" else None
+    done = lab.accounts.login(mallory.email, PASSWORD, ip="127.0.0.1", user_agent="Firefox", second_factor=code)
+    assert done.browser_token
+    own = {"Cookie": f"{BROWSER_COOKIE}={done.browser_token}"}
+    again = lab.http("POST", "/api/v1/auth/login", headers=own, json={"email": mallory.email, "password": PASSWORD})
+    assert again.json()["outcome"] == "ok"  # the control: her browser is known to her account
+    stolen = lab.http("POST", "/api/v1/auth/login", headers=own, json={"email": alice.email, "password": PASSWORD})
+    assert stolen.json()["outcome"] == "need_email_code" and SESSION_COOKIE not in stolen.cookies
+
+
+def test_a_disabled_persons_session_and_token_stop_at_once(lab: Lab) -> None:
+    alice = lab.person()
+    made = lab.http("POST", "/api/v1/account/tokens", alice, json={"name": "d", "scopes": ["things:read"], "days": 1})
+    bearer = {"Authorization": f"Bearer {made.json()['token']}"}
+    lab.accounts.set_disabled(cli_actor(), alice.email, True)
+    assert lab.http("GET", "/api/v1/devices", headers=bearer).status_code == 401
+    assert lab.http("GET", "/api/v1/devices", alice).status_code == 401
+    assert lab.http("GET", "/api/v1/notifications", alice).status_code == 401
+    assert lab.http("POST", "/api/v1/claims", headers=bearer, json={}).status_code == 401
+
+
 def test_open_redirect_after_sign_in_or_through_slashes_is_refused(lab: Lab) -> None:
     alice = lab.person()
     form = {"email": alice.email, "password": PASSWORD}
@@ -774,6 +800,30 @@ def test_motion_notifications_do_not_leak_to_another_household(lab: Lab, motion_
     snap = mine.events[0]["snapshot_id"]
     assert snap == stored["snapshot_id"]
     assert lab.http("GET", f"/api/v1/snapshots/{snap}/annotated", mallory).status_code == 404
+
+
+def test_a_person_who_left_the_household_loses_its_camera_snapshots_and_notifications(
+    lab: Lab, motion_camera: MotionCamera
+) -> None:
+    """Leaving the household (an admin took bob out) takes the camera away at once: the device, the
+    snapshots he was notified of, and the next motion, on an open page too."""
+    bob, alice = lab.person(), lab.person()  # alice stays: her notifications show the worker is done
+    page = Stream(lab, bob.token)
+    first = motion_camera.motion((250, 420))
+    assert wait_for(lambda: len(page.events) >= 1)
+    assert lab.http("GET", f"/api/v1/snapshots/{first['snapshot_id']}", bob).status_code == 200  # the control
+    with lab.platform.db.session() as session:
+        sharing.remove_member(session, cli_actor(), "smiths", user_by_email(session, bob.email))
+    for path in (f"/api/v1/devices/{CAMERA}", f"/api/v1/snapshots/{first['snapshot_id']}",
+                 f"/api/v1/snapshots/{first['snapshot_id']}/annotated", f"/devices/{CAMERA}"):  # fmt: skip
+        assert lab.http("GET", path, bob).status_code == 404, path
+    body = {"preferences": [{"thing": CAMERA, "event_type": "motion", "enabled": True}]}
+    assert lab.http("PUT", "/api/v1/notifications/preferences", bob, json=body).status_code == 404
+    motion_camera.clear()
+    motion_camera.motion((150, 430))
+    assert wait_for(lambda: _notifications(lab, alice.id) == 2), "the members left were notified"
+    time.sleep(0.3)  # what the hub hands on reaches an open stream within this (it did for the first event)
+    assert _notifications(lab, bob.id) == 1 and len(page.events) == 1
 
 
 def test_the_notification_stream_after_sign_out_delivers_nothing(lab: Lab, motion_camera: MotionCamera) -> None:
