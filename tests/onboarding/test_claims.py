@@ -165,7 +165,10 @@ def test_claims_need_a_token_with_the_control_scope_or_a_session(claim_api: Clai
         assert client.post("/api/v1/claims", json={}).status_code == 401
     session = signed_in(claim_api.accounts, inbox, "alice@example.com")
     with claim_api.client(cookie=session.session_token) as client:
-        response = client.post("/api/v1/claims", json={"device_id": "cam-3"})
+        # The web app's CSRF guard covers cookie requests: without the session's token, refused.
+        assert client.post("/api/v1/claims", json={"device_id": "cam-3"}).status_code == 403
+        csrf = {"X-CSRF-Token": claim_api.accounts.csrf_token(session.session_token or "")}
+        response = client.post("/api/v1/claims", json={"device_id": "cam-3"}, headers=csrf)
     assert response.status_code == 201 and response.json()["device_id"] == "cam-3"
 
 

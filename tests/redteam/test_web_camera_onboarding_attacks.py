@@ -13,6 +13,7 @@ Every test makes people of its own (unique emails), so sharing the server keeps 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import itertools
 import json
@@ -787,6 +788,23 @@ def motion_camera(lab: Lab) -> Iterator[MotionCamera]:
         camera.close()
 
 
+@pytest.mark.parametrize(
+    "last_event_id", [b"9" * 40, b"\xb2", b"-1", b"1e9"], ids=["huge", "superscript-two", "negative", "float"]
+)
+def test_a_hostile_last_event_id_is_ignored_not_a_server_error(lab: Lab, last_event_id: bytes) -> None:
+    """`Last-Event-ID` is whatever the client sends: a number past the database's integers, or a Latin-1
+    superscript digit (`isdigit()` says yes, `int()` says no), must not make the stream a 500."""
+    alice = lab.person()
+    context = ssl.create_default_context(cafile=str(lab.ca))
+    headers = [(b"Cookie", f"{SESSION_COOKIE}={alice.token}".encode()), (b"Last-Event-ID", last_event_id)]
+    with (
+        httpx.Client(verify=context, timeout=WAIT) as client,
+        client.stream("GET", f"{lab.api}/api/v1/notifications/stream", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert next(response.iter_lines()).startswith("retry:")
+
+
 def test_motion_notifications_do_not_leak_to_another_household(lab: Lab, motion_camera: MotionCamera) -> None:
     alice, mallory = lab.person(), lab.person("joneses")
     mine, theirs = Stream(lab, alice.token), Stream(lab, mallory.token)
@@ -892,6 +910,13 @@ def test_claim_token_reuse_cross_device_and_cross_person_is_refused(lab: Lab) ->
     assert _owners(lab, device) == {"smiths"}  # alice's household, not mallory's
 
 
+@pytest.mark.parametrize("claim_id", [str(2**70), str(-(2**70)), "0"], ids=["huge", "huge-negative", "zero"])
+def test_out_of_range_claim_ids_are_a_clear_refusal_not_a_server_error(lab: Lab, claim_id: str) -> None:
+    answer = lab.http("GET", f"/api/v1/claims/{claim_id}", lab.person())
+    assert answer.status_code in {400, 404}, (answer.status_code, answer.text)
+    assert "error" in answer.json()
+
+
 def test_a_claim_cannot_take_over_an_existing_device(lab: Lab) -> None:
     mallory = lab.person("joneses")
     claim = _claim(lab, mallory, CAMERA)
@@ -959,8 +984,6 @@ def test_hook_calls_without_the_secret_or_from_another_network_get_no_decision(l
     body = _authn(CAMERA, CAMERA)
     good = {"Authorization": f"Bearer {HOOKS_SECRET}"}
     assert post("/hooks/emqx/authn", good, json=body).json()["result"] == "allow"  # the control
-    import base64
-
     for headers in (
         {},
         {"Authorization": "Bearer "},

@@ -325,7 +325,9 @@ async def notification_stream(request: Request, person: Person) -> Response:
         return _error(str(e), 429)
     last = request.headers.get("last-event-id", "")
     missed = []
-    if last.isdigit():
+    # Only ASCII digits of a size the database compares (isdigit() alone takes "²", which int() refuses, and
+    # a 40-digit id overflows SQLite's integers); anything else resumes nothing.
+    if last.isascii() and last.isdigit() and len(last) <= 18:
         missed = await asyncio.to_thread(camera.recent, person.user.id, RESUME_LIMIT, int(last))
 
     async def events() -> AsyncIterator[str]:
