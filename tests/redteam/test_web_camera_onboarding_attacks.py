@@ -319,6 +319,12 @@ def test_csrf_token_in_the_query_string_or_a_state_change_by_get_is_refused(lab:
     assert made.status_code == 403
     for path in ("/logout", "/api/v1/auth/logout", "/account/2fa/disable"):
         assert lab.http("GET", path, alice).status_code in {404, 405}, path
+    # A method the guard does not list (lowercase, or unknown) reaches no state-changing route either.
+    for method in ("post", "Post", "PROPFIND"):
+        answer = lab.http(method, "/api/v1/account/tokens", alice, csrf=False,
+                          json={"name": "m", "scopes": ["things:read"], "days": 1})  # fmt: skip
+        assert answer.status_code in {400, 403, 404, 405}, (method, answer.status_code)
+    assert lab.http("GET", "/api/v1/account/tokens", alice).json() == []
     assert alice.alive()
 
 
@@ -400,7 +406,8 @@ def test_api_token_scope_escalation_is_refused(lab: Lab) -> None:
     strict=True,
     reason="VULN: Accounts.authenticate_api_token ignores pending requirements: an admin who turns 2FA off "
     "(or never set it up, with require_2fa_admins on) keeps full admin API access through an admin-scope token, "
-    "while their session is held at /account/setup. Refusing tokens of accounts with requirements breaks "
+    "while their session is held at /account/setup (likewise every token of a person without 2FA once "
+    "require_2fa_everyone is turned on). Refusing tokens of accounts with requirements breaks "
     "tests/web/test_api.py::test_admin_api_needs_the_admin_scope_and_an_admin (an admin without 2FA using an "
     "admin token), so the lead decides.",
 )
