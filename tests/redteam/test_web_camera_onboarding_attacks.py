@@ -579,6 +579,17 @@ def test_admin_pages_and_forms_are_unreachable_for_a_non_admin(lab: Lab) -> None
         assert lab.http("GET", path, mallory).status_code == 403, path
 
 
+def test_every_page_carries_the_apps_full_content_security_policy(lab: Lab) -> None:
+    """A route that sets its own policy must not set a weaker one: without `form-action 'self'`, markup
+    injected into the notifications page could post its forms (with the page's CSRF token) anywhere."""
+    from thingward.app.security import CONTENT_SECURITY_POLICY
+
+    alice = lab.person()
+    for path in ("/notifications", "/devices", "/account", "/login", "/nothing-here"):
+        answer = lab.http("GET", path, alice)
+        assert answer.headers.get_list("content-security-policy") == [CONTENT_SECURITY_POLICY], path
+
+
 def test_pages_and_answers_with_secrets_are_not_cached(lab: Lab) -> None:
     alice = lab.person()
     csrf = lab.accounts.csrf_token(alice.token)

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thingward import __version__
 from thingward.accounts.service import AuthenticatedSession
+from thingward.app.security import CONTENT_SECURITY_POLICY
 from thingward.app.session import accounts_of, require_user, session_token
 from thingward.broker.base import Authorizer
 from thingward.camera.analysis import CONTENT_TYPES, ImageRejectedError
@@ -421,12 +422,8 @@ _PAGE = """<!doctype html>
 """
 
 
-# The web app's policy: scripts, styles and images only from this origin, no framing.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
+# The web app's very policy (a copy here had lost `form-action 'self'`), set by the route itself.
+PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff"}
 
 
 @functools.cache
