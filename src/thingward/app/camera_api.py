@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thingward import __version__
 from thingward.accounts.service import AuthenticatedSession
+from thingward.app.security import CONTENT_SECURITY_POLICY
 from thingward.app.session import accounts_of, require_user, session_token
 from thingward.broker.base import Authorizer
 from thingward.camera.analysis import CONTENT_TYPES, ImageRejectedError
@@ -325,7 +326,9 @@ async def notification_stream(request: Request, person: Person) -> Response:
         return _error(str(e), 429)
     last = request.headers.get("last-event-id", "")
     missed = []
-    if last.isdigit():
+    # Only ASCII digits of a size the database compares (isdigit() alone takes "²", which int() refuses, and
+    # a 40-digit id overflows SQLite's integers); anything else resumes nothing.
+    if last.isascii() and last.isdigit() and len(last) <= 18:
         missed = await asyncio.to_thread(camera.recent, person.user.id, RESUME_LIMIT, int(last))
 
     async def events() -> AsyncIterator[str]:
@@ -343,6 +346,11 @@ async def notification_stream(request: Request, person: Person) -> Response:
                     yield ": heartbeat\n\n"
                     continue
                 if item is None:
+                    return
+                # Checked before each delivery too, not only when idle: a page left open after signing out
+                # (elsewhere, or by a session ended from another browser) must not get the next motion.
+                alive = await asyncio.to_thread(_session_alive, camera, person.session_id, idle_seconds)
+                if not alive:
                     return
                 yield _sse(item)
         finally:
@@ -414,12 +422,8 @@ _PAGE = """<!doctype html>
 """
 
 
-# The web app's policy: scripts, styles and images only from this origin, no framing.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
+# The web app's very policy (a copy here had lost `form-action 'self'`), set by the route itself.
+PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff"}
 
 
 @functools.cache

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -84,6 +84,7 @@ def claiming_user(request: Request) -> UserInfo:
 
 
 ClaimingUser = Annotated[UserInfo, Depends(claiming_user)]
+ClaimId = Annotated[int, Path(ge=1, le=2**62)]  # within every database's integers: a 400, not a 500
 
 
 def onboarding_router(platform: Platform, after_enroll: Callable[[], None] | None = None) -> APIRouter:
@@ -99,7 +100,7 @@ def onboarding_router(platform: Platform, after_enroll: Callable[[], None] | Non
                              expires_at=claim.expires_at.isoformat())  # fmt: skip
 
     @router.get("/api/v1/claims/{claim_id}", response_model=ClaimStatusResponse)
-    def claim_status(claim_id: int, user: ClaimingUser, request: Request) -> Any:
+    def claim_status(claim_id: ClaimId, user: ClaimingUser, request: Request) -> Any:
         """Whether the device took the claim, enrolled, and reported in; only for the claim's owner."""
         status = claims.status(user.id, claim_id, f"ip:{_client(request)}")
         return ClaimStatusResponse(

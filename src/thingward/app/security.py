@@ -75,7 +75,12 @@ class SecurityHeaders:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    # The first of a repeated header, as Starlette's `request.headers.get` takes it: with the last, a second
+    # Cookie line showed the guard no session while the handler read the session from the first.
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", []):
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
 
 
 def _cookie(headers: dict[str, str], name: str) -> str:
