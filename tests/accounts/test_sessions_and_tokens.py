@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from lab.accounts import PASSWORD, make_user, signed_in
+from lab.accounts import PASSWORD, enroll_totp, make_user, signed_in
 from thingward.accounts.errors import InvalidTokenError, PermissionDeniedError
 from thingward.accounts.service import Accounts
 from thingward.errors import InvalidInputError, NotFoundError
@@ -127,6 +127,9 @@ def test_api_token_limits(accounts: Accounts) -> None:
 def test_api_token_of_a_disabled_or_demoted_user_stops_working(accounts: Accounts) -> None:
     admin_id = make_user(accounts, "root@example.com", admin=True)
     token = accounts.create_api_token(admin_id, "ops", ["admin", "things:read"]).token
+    with pytest.raises(PermissionDeniedError, match="enroll_2fa"):  # admins must use 2FA, tokens too
+        accounts.authenticate_api_token(token, "admin")
+    enroll_totp(accounts, admin_id)
     assert accounts.authenticate_api_token(token, "admin").is_admin
     accounts.set_admin(cli_actor(), "root@example.com", False)
     with pytest.raises(PermissionDeniedError):

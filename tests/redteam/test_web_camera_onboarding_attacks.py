@@ -402,15 +402,6 @@ def test_api_token_scope_escalation_is_refused(lab: Lab) -> None:
         assert lab.http("GET", "/api/v1/devices", headers={"Authorization": value}).status_code == 401, value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VULN: Accounts.authenticate_api_token ignores pending requirements: an admin who turns 2FA off "
-    "(or never set it up, with require_2fa_admins on) keeps full admin API access through an admin-scope token, "
-    "while their session is held at /account/setup (likewise every token of a person without 2FA once "
-    "require_2fa_everyone is turned on). Refusing tokens of accounts with requirements breaks "
-    "tests/web/test_api.py::test_admin_api_needs_the_admin_scope_and_an_admin (an admin without 2FA using an "
-    "admin token), so the lead decides.",
-)
 def test_an_admin_token_outliving_its_2fa_is_refused(lab: Lab) -> None:
     """An admin turns 2FA off (admins must have it): their session is sent to set it up again, and the
     admin-scope token they made while 2FA was on must wait too, or the token walks around the requirement."""

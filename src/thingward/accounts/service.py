@@ -1351,6 +1351,19 @@ class Accounts:
             user = self._user_by_id(session, row.user_id) if row is not None else None
             if row is None or user is None or row.revoked_at is not None or row.expires_at <= now or user.disabled:
                 raise InvalidTokenError("the API token is not valid (unknown, expired or revoked)")
+            pending = self.requirements(user)
+            if pending:
+                # A token acts for the person as they are now: one held at setting up their account (2FA now
+                # required, a password to change) may do nothing else through a token either.
+                raise _refused(
+                    PermissionDeniedError(
+                        "finish setting up the account first (" + ", ".join(pending) + "): sign in to the web app"
+                    ),
+                    Actor(user.email, "api"),
+                    "api_token.requirements_pending",
+                    f"user:{user.email}",
+                    {"token": row.id, "pending": list(pending)},
+                )
             granted = set(row.scopes.split())
             if scope not in granted or (scope == "admin" and not user.is_admin):
                 raise _refused(
