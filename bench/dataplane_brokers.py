@@ -15,7 +15,7 @@
     .venv/bin/python bench/dataplane_brokers.py storm --devices 5000
     .venv/bin/python bench/dataplane_brokers.py issuance --certificates 500
     .venv/bin/python bench/dataplane_brokers.py noloss --devices 1000 --messages 100 --broker embedded mosquitto
-    .venv/bin/python bench/dataplane_brokers.py all --quick      # every one at small sizes, under a minute
+    # quick looks: throughput --pairs 1 --messages 20000; storm --devices 200; noloss --devices 50 --messages 20
 
 Everything runs on 127.0.0.1 in a throwaway data dir made by `thingward init`; the load generators are
 tiny raw MQTT 3.1.1 clients of ours in child processes; every loop is bounded in count and time.
@@ -360,7 +360,7 @@ class Contender:
 async def measure_pairs(
     contender: Contender, fleet: Fleet, pairs: int, qos: int, total: int, seconds: float
 ) -> dict[str, Any]:
-    port, _pid, stop = await contender.start()
+    port, pid, stop = await contender.start()
     loop = asyncio.get_running_loop()
     per_pair = max(total // pairs, 1)
     deadline = time.perf_counter() + seconds + 30
@@ -383,10 +383,12 @@ async def measure_pairs(
             processes.append(process)
         for _ in range(pairs):
             await loop.run_in_executor(None, ready.get, True, 60)
+        cpu_before = cpu_seconds(pid)
         for process in publishers:
             process.start()
             processes.append(process)
         outcomes = [await loop.run_in_executor(None, results.get, True, seconds + 60) for _ in range(pairs)]
+        cpu = cpu_seconds(pid) - cpu_before
         sent = sum([await loop.run_in_executor(None, sent_counts.get, True, 30) for _ in range(pairs)])
     finally:
         finished.set()
@@ -399,7 +401,18 @@ async def measure_pairs(
     firsts = [o["first"] for o in outcomes if o["first"]]
     lasts = [o["last"] for o in outcomes if o["last"]]
     window = (max(lasts) - min(firsts)) if firsts and lasts else 0.0
-    return {"received": received, "sent": sent, "rate": received / window if window > 0 else 0.0}
+    return {
+        "received": received,
+        "sent": sent,
+        "rate": received / window if window > 0 else 0.0,
+        "cpu_us": cpu / received * 1e6 if received else 0.0,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used, from /proc/PID/stat (a saturation-free cost per message)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def broker_tls(fleet: Fleet) -> Any:
@@ -420,6 +433,13 @@ def open_engine(fleet: Fleet) -> tuple[Any, Any]:
     return platform, engine
 
 
+def report_drops(name: str, log: Any) -> None:
+    """Mosquitto says when it drops a client's messages (its queue is full): show it beside the figures."""
+    for line in log:
+        if "dropped" in line:
+            print(f"          {name} Mosquitto: {line}", flush=True)
+
+
 def contenders(fleet: Fleet, max_connections: int, work: Path) -> list[Contender]:
     from thingward.broker.base import BrokerLimits
     from thingward.broker.embedded import EmbeddedBroker
@@ -429,7 +449,12 @@ def contenders(fleet: Fleet, max_connections: int, work: Path) -> list[Contender
 
     async def raw() -> tuple[int, int, Callable[[], Awaitable[None]]]:
         process, port = await raw_mosquitto(work / "raw", broker_tls(fleet), limits=limits)
-        return port, process.pid, process.stop
+
+        async def stop() -> None:
+            report_drops("raw", process.tail)
+            await process.stop()
+
+        return port, process.pid, stop
 
     async def managed() -> tuple[int, int, Callable[[], Awaitable[None]]]:
         platform, engine = open_engine(fleet)
@@ -447,6 +472,7 @@ def contenders(fleet: Fleet, max_connections: int, work: Path) -> list[Contender
         await broker.start()
 
         async def stop() -> None:
+            report_drops("managed", broker._process.tail if broker._process else [])
             await broker.stop()
             platform.close()
 
@@ -498,6 +524,7 @@ async def throughput(args: argparse.Namespace) -> None:
             for pairs in args.pairs:
                 rates: dict[str, list[float]] = {b.name: [] for b in brokers}
                 lost: dict[str, int] = {b.name: 0 for b in brokers}
+                cpu: dict[str, list[float]] = {b.name: [] for b in brokers}
                 for run in range(args.runs):
                     order = brokers[run % len(brokers) :] + brokers[: run % len(brokers)]
                     for broker in order:
@@ -505,6 +532,7 @@ async def throughput(args: argparse.Namespace) -> None:
                         outcome = await measure_pairs(broker, fleet, pairs, qos, total, args.seconds)
                         rates[broker.name].append(outcome["rate"])
                         lost[broker.name] += outcome["sent"] - outcome["received"]
+                        cpu[broker.name].append(outcome["cpu_us"])
                 medians = {name: statistics.median(values) for name, values in rates.items()}
                 raw = medians[brokers[0].name] or 1.0
                 cells = "  ".join(f"{medians[b.name]:>18,.0f}" for b in brokers)
@@ -514,6 +542,13 @@ async def throughput(args: argparse.Namespace) -> None:
                 missing = {name.split(" (")[0]: count for name, count in lost.items() if count}
                 runs = {name.split(" (")[0]: [round(r) for r in values] for name, values in rates.items()}
                 print(line + (f"   not received: {missing}" if missing else "") + f"   runs: {runs}", flush=True)
+                costs = {name.split(" (")[0]: round(statistics.median(values), 1) for name, values in cpu.items()}
+                raw_cost = statistics.median(cpu[brokers[0].name]) or 1.0
+                print(
+                    f"          broker CPU per message (µs, median): {costs}; "
+                    f"managed/raw {statistics.median(cpu[brokers[1].name]) / raw_cost:.2f}",
+                    flush=True,
+                )
 
 
 # -- storm and no-loss: many TLS clients per process on asyncio -------------------------------------
@@ -541,9 +576,10 @@ async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return head[0], await reader.readexactly(length) if length else b""
 
 
-async def _crowd(args: CrowdArgs, go: Any, release: Any, results: Any) -> None:
+async def _crowd(args: CrowdArgs, ready: Any, go: Any, release: Any, results: Any) -> None:
     loop = asyncio.get_running_loop()
     contexts = {name: client_context(args.ca, cert, key) for name, cert, key in args.devices}
+    ready.put(len(contexts))
     gate = asyncio.Semaphore(args.concurrency or len(args.devices))
     connected: list[float] = []
     failures: dict[str, int] = {}
@@ -602,9 +638,9 @@ async def _crowd(args: CrowdArgs, go: Any, release: Any, results: Any) -> None:
         writer.close()
 
 
-def run_crowd(args: CrowdArgs, go: Any, release: Any, results: Any) -> None:
+def run_crowd(args: CrowdArgs, ready: Any, go: Any, release: Any, results: Any) -> None:
     raise_fd_limit()
-    asyncio.run(_crowd(args, go, release, results))
+    asyncio.run(_crowd(args, ready, go, release, results))
 
 
 # -- storm -------------------------------------------------------------------------------------------
@@ -631,13 +667,14 @@ async def crowd(
     """Start the worker processes, let them all go at once, and gather what they saw; the devices keep
     their connections until the block ends, then the workers are stopped (killed if they hang)."""
     loop = asyncio.get_running_loop()
-    go, release, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    ready, go, release, results = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
     groups = split([(name, *fleet.devices[name]) for name in names], args.workers)
     processes = [
         SPAWN.Process(
             target=run_crowd,
             args=(
                 CrowdArgs(port, fleet.ca, tuple(group), messages, args.concurrency, args.window),
+                ready,
                 go,
                 release,
                 results,
@@ -648,7 +685,8 @@ async def crowd(
     for process in processes:
         process.start()
     try:
-        await asyncio.sleep(args.settle)  # the workers build their TLS contexts before the signal
+        for _ in groups:  # every worker has built its devices' TLS contexts: then they all go at once
+            await loop.run_in_executor(None, ready.get, True, RUN_LIMIT)
         started = time.perf_counter()
         go.set()
         outcomes = [await loop.run_in_executor(None, results.get, True, RUN_LIMIT + 30) for _ in groups]
@@ -945,7 +983,6 @@ def main() -> None:
     for sub in (st, nl):
         sub.add_argument("--workers", type=int, default=4, help="client processes")
         sub.add_argument("--concurrency", type=int, default=0, help="handshakes at a time per process; 0: all")
-        sub.add_argument("--settle", type=float, default=3.0, help="seconds for the workers to get ready")
     st.set_defaults(window=0)
     iss = commands.add_parser("issuance", help="certificates from CSRs per second beside openssl speed")
     iss.add_argument("--certificates", type=int, default=500)
