@@ -591,7 +591,13 @@ async def _crowd(args: CrowdArgs, ready: Any, go: Any, release: Any, results: An
         try:
             async with gate:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", args.port, ssl=contexts[name], server_hostname="localhost"),
+                    asyncio.open_connection(
+                        "127.0.0.1",
+                        args.port,
+                        ssl=contexts[name],
+                        server_hostname="localhost",
+                        ssl_handshake_timeout=RUN_LIMIT / 2,  # asyncio's default 60 s is short for a storm
+                    ),
                     RUN_LIMIT / 2,
                 )
                 writers.append(writer)
