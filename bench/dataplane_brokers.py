@@ -33,6 +33,8 @@ import multiprocessing
 import os
 import re
 import resource
+import select
+import signal
 import socket
 import ssl
 import statistics
@@ -791,35 +793,21 @@ def enroll_over_https(api: str, ca: str, tokens: dict[str, str], requests: dict[
 
 def serve(data_dir: Path, broker: str, port: int = 0) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`thingward serve --json` in a child process; returns it and the endpoints it printed."""
-    executable = Path(sys.executable).with_name("thingward")
-    process = subprocess.Popen(
-        [
-            str(executable),
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--broker",
-            broker,
-            "--mqtt-port",
-            str(port),
-            "--http-port",
-            "0",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
+    command = [sys.executable, "-m", "thingward.cli.main", "serve", "--data-dir", str(data_dir)]
+    command += ["--broker", broker, "--mqtt-port", str(port), "--http-port", "0", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if process.stdout is None or not select.select([process.stdout], [], [], 60)[0]:
+        stop_serve(process)
+        raise SystemExit("thingward serve printed no endpoints within 60 s")
     line = process.stdout.readline()  # serve prints its endpoints once it listens
     if not line:
-        process.kill()
+        stop_serve(process)
         raise SystemExit("thingward serve did not start")
     return process, json.loads(line)
 
 
 def stop_serve(process: subprocess.Popen[str]) -> None:
-    process.send_signal(2)
+    process.send_signal(signal.SIGINT)  # serve stops cleanly: its writer flushes what it holds
     try:
         process.wait(60)
     except subprocess.TimeoutExpired:
