@@ -80,6 +80,9 @@ INTERNAL_VALIDITY = dt.timedelta(days=30)
 RESTART_BACKOFF = (0.5, 30.0)  # first and longest wait before restarting a crashed mosquitto
 STABLE_AFTER = 60.0  # seconds of uptime after which the backoff starts again from the first wait
 PACKET_OVERHEAD = 4096  # bytes of MQTT header and topic allowed on top of max_payload_bytes
+# Per client, queued beyond the in-flight window: enough for ingestion to ride out a fleet-wide burst.
+MAX_QUEUED_MESSAGES = 200_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 LOG_TAIL = 40
 TAKEOVERS_KEPT = 20
 
@@ -129,7 +132,13 @@ def render_config(
         "persistent_client_expiration 30d",
         f"max_packet_size {limits.max_payload_bytes + PACKET_OVERHEAD}",
         "max_inflight_messages 20",
-        "max_queued_messages 1000",
+        # The queue per client past its 20 in flight. Ingestion's internal client is one client that hears
+        # every device: a burst (1,000 devices x 100 QoS 1 messages) outran a 1,000-message queue and Mosquitto
+        # dropped the rest after the devices had their PUBACKs. Mosquitto 2.0.11 has no per-client limit, so
+        # the count is high for everyone and memory is bounded by bytes instead (before, 1,000 messages of up
+        # to max_packet_size each allowed far more per client than this).
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         "max_keepalive 600",
         "set_tcp_nodelay true",
         "log_dest stderr",  # unbuffered, unlike stdout into a pipe: each line as it happens
