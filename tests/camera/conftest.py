@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
@@ -14,20 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from lab.accounts import FAST, PASSWORD, Inbox, signed_in
+from lab.devices import enroll_device
 from thingward.accounts import sharing
 from thingward.accounts.mail import SmtpMailer
 from thingward.accounts.service import Accounts, user_by_email, utc_now
 from thingward.config import SmtpSettings
 from thingward.device.camera import MotionCamera
-from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
-from thingward.pki.ca import certificate_pem, private_key_pem
-from thingward.pki.files import write_atomic, write_secret
 from thingward.platform import cli_actor
 
 WAIT = 10.0
@@ -76,23 +69,7 @@ class CameraLab:
         return int(self.server.broker.port)
 
     def enroll(self, name: str) -> Path:
-        from thingward.platform import cli_actor
-        from thingward.registry import things
-
-        with self.platform.db.session() as session:
-            things.add_thing(session, cli_actor(), name)
-            token = things.create_enrollment_token(session, cli_actor(), name, dt.timedelta(hours=1)).token
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .sign(key, hashes.SHA256())
-        )
-        enrollment = self.platform.enroll(token, csr.public_bytes(serialization.Encoding.PEM), "test")
-        directory = self.devices / name
-        write_atomic(directory / CERT_FILE, certificate_pem(enrollment.certificate))
-        write_secret(directory / KEY_FILE, private_key_pem(key))
-        shutil.copy(self.platform.ca_certificate_path, directory / CA_FILE)
+        directory = enroll_device(self.platform, name, self.devices / name)
         self.sync()
         return directory
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import itertools
 import json
 import re
 import secrets
-import shutil
 import ssl
 import struct
 import threading
@@ -40,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
 from lab.accounts import PASSWORD, Inbox, smtp_server
+from lab.devices import enroll_device
 from thingward.accounts import sharing
 from thingward.accounts.mail import SmtpMailer
 from thingward.accounts.service import Accounts, user_by_email
@@ -47,8 +46,6 @@ from thingward.app.session import BROWSER_COOKIE, SESSION_COOKIE
 from thingward.device.camera import MotionCamera, SnapshotUploader, encode, still_scene
 from thingward.device.client import client_tls_context
 from thingward.device.enroll import CA_FILE, CERT_FILE, KEY_FILE
-from thingward.pki.ca import certificate_pem, private_key_pem
-from thingward.pki.files import write_atomic, write_secret
 from thingward.platform import Platform, cli_actor, init_data_dir
 from thingward.registry.audit_log import record_event
 from thingward.registry.models import CameraSnapshot, Notification, Thing, User
@@ -95,22 +92,7 @@ class Lab:
 
     def enroll(self, name: str) -> Path:
         """`thingward device add NAME` and `device enroll`, through the same service functions."""
-        from thingward.registry import things
-
-        with self.platform.db.session() as session:
-            things.add_thing(session, cli_actor(), name)
-            token = things.create_enrollment_token(session, cli_actor(), name, dt.timedelta(hours=1)).token
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .sign(key, hashes.SHA256())
-        )
-        enrollment = self.platform.enroll(token, csr.public_bytes(serialization.Encoding.PEM), "test")
-        directory = self.devices / name
-        write_atomic(directory / CERT_FILE, certificate_pem(enrollment.certificate))
-        write_secret(directory / KEY_FILE, private_key_pem(key))
-        shutil.copy(self.ca, directory / CA_FILE)
+        directory = enroll_device(self.platform, name, self.devices / name)
         self.sync()
         return directory
 
