@@ -125,12 +125,12 @@ class PatternAuthorizer:
 # -- tiny raw MQTT clients (run in child processes) ---------------------------------------------------
 
 
-def _mqtt_string(value: str) -> bytes:
+def mqtt_string(value: str) -> bytes:
     data = value.encode()
     return len(data).to_bytes(2, "big") + data
 
 
-def _remaining_length(length: int) -> bytes:
+def remaining_length(length: int) -> bytes:
     out = bytearray()
     while True:
         byte, length = length % 128, length // 128
@@ -139,16 +139,16 @@ def _remaining_length(length: int) -> bytes:
             return bytes(out)
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _remaining_length(len(body)) + body
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + remaining_length(len(body)) + body
 
 
 def _connect_tls(port: int, ca: str, cert: str, key: str, client_id: str) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=ca)
     context.load_cert_chain(cert, key)
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
-    body = _mqtt_string("MQTT") + bytes([4, 0x02]) + (60).to_bytes(2, "big") + _mqtt_string(client_id)
-    sock.sendall(_packet(0x10, body))
+    body = mqtt_string("MQTT") + bytes([4, 0x02]) + (60).to_bytes(2, "big") + mqtt_string(client_id)
+    sock.sendall(packet(0x10, body))
     connack = sock.recv(4)
     if connack != b"\x20\x02\x00\x00":
         raise SystemExit(f"{client_id}: CONNECT refused: {connack!r}")
@@ -168,7 +168,7 @@ class ClientArgs:
 
 def run_subscriber(args: ClientArgs, credits: Any, ready: Any, results: Any) -> None:
     sock = _connect_tls(args.port, args.ca, args.cert, args.key, "bench-sub")
-    sock.sendall(_packet(0x82, (1).to_bytes(2, "big") + _mqtt_string(TOPIC) + b"\x00"))
+    sock.sendall(packet(0x82, (1).to_bytes(2, "big") + mqtt_string(TOPIC) + b"\x00"))
     sock.settimeout(IDLE_SECONDS)
     buffer = bytearray()
     received = released = 0
@@ -215,8 +215,8 @@ def run_subscriber(args: ClientArgs, credits: Any, ready: Any, results: Any) -> 
 
 def run_publisher(args: ClientArgs, credits: Any, finished: Any) -> None:
     sock = _connect_tls(args.port, args.ca, args.cert, args.key, "bench-pub")
-    packet = _packet(0x30, _mqtt_string(TOPIC) + os.urandom(args.size))
-    batch = packet * BATCH
+    one = packet(0x30, mqtt_string(TOPIC) + os.urandom(args.size))
+    batch = one * BATCH
     sent = 0
     while sent < args.messages:
         # At most `window` messages between us and the subscriber (it hands back a credit per batch it
@@ -224,7 +224,7 @@ def run_publisher(args: ClientArgs, credits: Any, finished: Any) -> None:
         if args.window and not credits.acquire(timeout=IDLE_SECONDS):
             break
         count = min(BATCH, args.messages - sent)
-        sock.sendall(batch if count == BATCH else packet * count)
+        sock.sendall(batch if count == BATCH else one * count)
         sent += count
     finished.wait(600)  # stay connected until the subscriber is done (amqtt drops QoS 0 on DISCONNECT)
     sock.sendall(b"\xe0\x00")

@@ -53,6 +53,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+# The same tiny MQTT 3.1.1 framing as the amqtt benchmark beside this file.
+from dataplane import mqtt_string, packet
+
 PAYLOAD = 100  # bytes, as the issue asks
 IDLE_SECONDS = 10.0  # a client gives up this long after the last thing it heard
 RUN_LIMIT = 300.0  # no single measurement waits longer than this
@@ -163,24 +166,6 @@ def build_fleet(root: Path, groups: dict[str, list[str]], quiet: bool = False) -
 
 
 # -- tiny MQTT 3.1.1 framing ------------------------------------------------------------------------------
-
-
-def mqtt_string(value: str) -> bytes:
-    data = value.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + remaining_length(len(body)) + body
 
 
 def connect_packet(client_id: str, clean: bool = True) -> bytes:
